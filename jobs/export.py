@@ -1,0 +1,53 @@
+"""Export a checkpoint to a PaddleX-format inference folder (inference.json, .pdiparams, .yml).
+
+    python jobs/export.py -c configs/PP-LiteSeg-T.yaml -o Export.weight_path=output/best_model \
+        -o Global.output=output/inference
+    # a bare .pdparams file: the model comes from Global.model, the class count from Train.num_classes
+    python jobs/export.py -c configs/PP-LiteSeg-T.yaml -o Export.weight_path=model.pdparams \
+        -o Train.num_classes=11 -o Global.output=output/inference
+    # random weights, for pipeline checks and benchmarks only (the masks mean nothing)
+    python jobs/export.py -c configs/PP-LiteSeg-T.yaml --untrained -o Train.num_classes=11 \
+        -o Global.output=output/untrained_model
+
+The folder loads in raysegment.create_model(model_dir=...) and in PaddleX's create_model.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from raysegment.config import add_config_arguments, config_from_args  # noqa: E402
+
+
+def main(argv=None):
+    parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), required=True)
+    parser.add_argument("--untrained", action="store_true", help="export randomly initialised weights (pipeline checks only)")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args, parser)
+
+    import paddle
+
+    from raysegment.infer import export_checkpoint, export_model
+    from raysegment.infer.model_files import default_class_names
+    from raysegment.models import build_model, load_weights
+
+    weights, out = cfg.Export.weight_path, cfg.Global.output
+    if args.untrained == (weights is not None):
+        parser.error("pass exactly one of -o Export.weight_path=... or --untrained")
+    if weights and os.path.isdir(weights):
+        export_checkpoint(weights, out)
+    else:
+        if not cfg.Global.model:
+            parser.error("set Global.model (the config file usually does)")
+        paddle.seed(0)
+        layer = build_model(cfg.Global.model, cfg.Train.num_classes)
+        if weights:
+            load_weights(layer, weights)
+        export_model(layer, out, cfg.Global.model, default_class_names(layer.num_classes))
+    print(f"exported {'UNTRAINED ' if args.untrained else ''}{cfg.Global.model or 'model'} to {os.path.abspath(out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""raysegment: PaddleX semantic segmentation, trained with Ray Train, run with Ray Data and Ray Serve.
+
+    import raysegment
+    model = raysegment.create_model("PP-LiteSeg-T", model_dir="path/to/inference")
+    for res in model.predict("images/", batch_size=4):
+        res.print()
+        res.save_to_img("output/")
+        res.save_to_json("output/")
+"""
+
+from .config import ConfigError, load_config
+from .models import MODELS, build_model
+
+__version__ = "0.1.0"
+
+
+def create_model(model_name=None, model_dir=None, device=None, target_size=None, **kw):
+    """A PaddleX-style model: `.predict(input, batch_size=1, target_size=None)` yields SegResults.
+
+    model_dir: an exported inference folder (ours or PaddleX's) or a checkpoint folder; None looks
+    in PaddleX's cache of official models. device: 'cpu', 'gpu', 'gpu:N' or None (GPU if any).
+    target_size: None (the folder's setting), -1 (no resize), N or (width, height).
+    Extra keyword arguments (num_classes, run_mode, cpu_threads, max_image_pixels) go to the Predictor.
+    """
+    from .infer.model import SegModel  # late: importing raysegment must not import paddle
+
+    return SegModel.create(model_name, model_dir, device, target_size, **kw)
+
+
+__all__ = ["create_model", "build_model", "load_config", "ConfigError", "MODELS", "__version__"]

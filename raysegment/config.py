@@ -1,0 +1,292 @@
+"""Model configs: PaddleX's YAML section layout plus a `Ray` section, with `-o Section.key=value` overrides.
+
+    cfg = load_config("configs/PP-LiteSeg-T.yaml", ["Train.num_classes=11", "Global.device=cpu"])
+    cfg.Train.num_classes  # 11
+
+One dataclass per section. Every key is typed: a YAML value or an override that does not fit its
+type, an unknown section or key, or a value outside its allowed range is a ConfigError naming it.
+Override values are parsed as YAML (so `true`, `3`, `[512, 512]`, `null` work); a float field also
+takes `1e-3`, which YAML 1.1 would read as a string. Nothing is rewritten silently.
+"""
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from typing import Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _choice(*values):
+    return {"choices": values}
+
+
+def _min(lo):
+    return {"min": lo}
+
+
+@dataclass
+class GlobalSection:
+    model: str = ""
+    mode: str = field(default="predict", metadata=_choice("check_dataset", "train", "evaluate", "predict", "export"))
+    dataset_dir: str | None = None
+    device: str = "cpu"  # cpu, gpu, gpu:N or gpu:0,1,2,3
+    output: str = "output"
+
+
+@dataclass
+class ConvertSection:
+    enable: bool = False
+    src_dataset_type: str | None = field(default=None, metadata=_choice(None, "LabelMe", "VOC"))
+
+
+@dataclass
+class SplitSection:
+    enable: bool = False
+    train_percent: int | None = field(default=None, metadata=_min(0))
+    val_percent: int | None = field(default=None, metadata=_min(0))
+
+
+@dataclass
+class CheckDatasetSection:
+    convert: ConvertSection = field(default_factory=ConvertSection)
+    split: SplitSection = field(default_factory=SplitSection)
+
+
+@dataclass
+class TrainSection:
+    num_classes: int | None = field(default=None, metadata=_min(1))
+    epochs_iters: int = field(default=1000, metadata=_min(1))
+    batch_size: int = field(default=4, metadata=_min(1))  # per worker
+    learning_rate: float = field(default=0.01, metadata=_min(0.0))
+    pretrain_weight_path: str | None = None
+    warmup_steps: int = field(default=0, metadata=_min(0))
+    resume_path: str | None = None
+    log_interval: int = field(default=10, metadata=_min(1))
+    eval_interval: int = field(default=100, metadata=_min(1))
+
+
+@dataclass
+class EvaluateSection:
+    weight_path: str | None = None
+    log_interval: int = field(default=10, metadata=_min(1))
+
+
+@dataclass
+class ExportSection:
+    weight_path: str | None = None
+
+
+@dataclass
+class KernelOptionSection:
+    # paddle.inference CPU mode; None tries mkldnn then falls back to paddle (see infer/engines.py)
+    run_mode: str | None = field(default=None, metadata=_choice(None, "paddle", "mkldnn"))
+
+
+@dataclass
+class PredictSection:
+    model_dir: str | None = None
+    input: str | None = None
+    output: str = "output/predict"
+    batch_size: int = field(default=1, metadata=_min(1))
+    # None: the model folder's setting; -1: no resize; N: N x N; [w, h]
+    target_size: int | list[int] | None = None
+    save_visualization: bool = False
+    max_image_pixels: int = field(default=40_000_000, metadata=_min(1))
+    kernel_option: KernelOptionSection = field(default_factory=KernelOptionSection)
+
+
+@dataclass
+class RaySection:
+    """Ray resources; the only place (with jobs/) where resource numbers live."""
+
+    address: str | None = None  # None: connect to RAY_ADDRESS or start a local Ray
+    num_workers: int = field(default=1, metadata=_min(1))  # training workers
+    use_gpu: bool = False
+    cpus_per_worker: float = field(default=1.0, metadata=_min(0.0))
+    predict_batch_size: int = field(default=8, metadata=_min(1))  # images per actor call
+    predict_concurrency: int = field(default=1, metadata=_min(1))  # predictor actors
+    gpus_per_actor: float = field(default=0.0, metadata=_min(0.0))
+    cpus_per_actor: float = field(default=1.0, metadata=_min(0.0))
+
+
+@dataclass
+class Config:
+    Global: GlobalSection = field(default_factory=GlobalSection)
+    CheckDataset: CheckDatasetSection = field(default_factory=CheckDatasetSection)
+    Train: TrainSection = field(default_factory=TrainSection)
+    Evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    Export: ExportSection = field(default_factory=ExportSection)
+    Predict: PredictSection = field(default_factory=PredictSection)
+    Ray: RaySection = field(default_factory=RaySection)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_yaml(self):
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_config(path=None, overrides=(), where=None):
+    """Read a YAML config (or start from defaults when `path` is None) and apply `overrides`."""
+    raw = {}
+    if path is not None:
+        where = where or str(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist; pass -c with a file from configs/") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    cfg = _build(Config, raw, "config")
+    _check_model(cfg)
+    return cfg
+
+
+def _check_model(cfg):
+    from .models import MODELS  # late: keeps `import raysegment.config` free of paddle
+
+    if cfg.Global.model and cfg.Global.model not in MODELS:
+        raise ConfigError(f"Global.model: unknown model {cfg.Global.model!r}; valid names: {', '.join(MODELS)}")
+    size = cfg.Predict.target_size
+    if isinstance(size, int) and size != -1 and size < 1 or isinstance(size, list) and (len(size) != 2 or min(size) < 1):
+        raise ConfigError(f"Predict.target_size: expected -1, a positive int or [width, height], got {size!r}")
+
+
+def _apply_override(raw, item):
+    """'Section.key=value' (or 'Section.sub.key=value') -> raw[Section][key] = parsed value."""
+    name, sep, text = item.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"override {item!r} is not of the form Section.key=value")
+    parts = name.strip().split(".")
+    if len(parts) < 2:
+        raise ConfigError(f"override {item!r} must name a section and a key, e.g. Train.batch_size=8")
+    typ, node = Config, raw
+    for depth, part in enumerate(parts):
+        hints = get_type_hints(typ)
+        if part not in hints:
+            raise ConfigError(_unknown(".".join(parts[:depth]) or "config", part, hints))
+        typ = hints[part]
+        if depth < len(parts) - 1:
+            if not dataclasses.is_dataclass(typ):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section; cannot set {name}")
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])} must be a mapping")
+    if dataclasses.is_dataclass(typ):
+        raise ConfigError(f"{name} is a section; set one of its keys, e.g. {name}.{next(iter(get_type_hints(typ)))}=...")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    try:
+        _coerce(value, typ, name)
+    except ConfigError:
+        if str not in _members(typ):
+            raise
+        value = text  # a string field keeps the text as written, e.g. Global.output=2024
+    node[parts[-1]] = value
+
+
+def _unknown(where, key, hints):
+    if where == "config":
+        return f"unknown section {key!r}; valid sections: {', '.join(hints)}"
+    return f"{where}: unknown key {key!r}; valid keys: {', '.join(hints)}"
+
+
+def _members(typ):
+    return get_args(typ) if get_origin(typ) in (Union, types.UnionType) else (typ,)
+
+
+def _typename(typ):
+    return " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in _members(typ))
+
+
+def _build(cls, raw, where):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys, got {raw!r}")
+    hints = get_type_hints(cls)
+    for key in raw:
+        if key not in hints:
+            raise ConfigError(_unknown(where, key, hints))
+    values = {}
+    for f in dataclasses.fields(cls):
+        name = f.name if where == "config" else f"{where}.{f.name}"
+        if f.name not in raw:
+            continue
+        value = _coerce(raw[f.name], hints[f.name], name)
+        _check_range(value, f.metadata, name)
+        values[f.name] = value
+    return cls(**values)
+
+
+def _check_range(value, meta, name):
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join("null" if c is None else str(c) for c in meta["choices"])
+        raise ConfigError(f"{name}: {value!r} is not one of {allowed}")
+    if "min" in meta and value is not None and value < meta["min"]:
+        raise ConfigError(f"{name}: {value!r} is below the minimum {meta['min']}")
+
+
+def _coerce(value, typ, name):
+    if dataclasses.is_dataclass(typ):
+        return _build(typ, value, name)
+    members = _members(typ)
+    if len(members) > 1:
+        if value is None and type(None) in members:
+            return None
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _coerce(value, member, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}: expected {_typename(typ)}, got {value!r}")
+    if get_origin(typ) is list:
+        (item,) = get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+    if typ is bool and isinstance(value, bool):
+        return value
+    if typ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if typ is float and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if typ is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{name}: expected {_typename(typ)}, got {value!r}")
+
+
+def add_config_arguments(parser, required=False):
+    """`-c CONFIG` and repeatable `-o Section.key=value`, as PaddleX's main.py takes them."""
+    parser.add_argument("-c", "--config", required=required, help="model YAML, e.g. configs/PP-LiteSeg-T.yaml")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value",
+                        help="override a config value; repeatable")
+    return parser
+
+
+def config_from_args(args, parser):
+    """Load the config named by parsed args; a ConfigError becomes a one-line argparse error."""
+    try:
+        return load_config(args.config, args.override)
+    except ConfigError as e:
+        parser.error(str(e))

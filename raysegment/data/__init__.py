@@ -1,0 +1,1 @@
+"""Datasets, transforms, image decoding and input sources."""

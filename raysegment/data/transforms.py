@@ -1,0 +1,56 @@
+"""Inference transforms as small numpy/OpenCV functions, mirroring the `Deploy.transforms` of a
+PaddleX `inference.yml` (Resize, Normalize), and their inverse for the predicted mask."""
+
+import math
+
+import cv2
+import numpy as np
+
+INTERP = {
+    "NEAREST": cv2.INTER_NEAREST,
+    "LINEAR": cv2.INTER_LINEAR,
+    "CUBIC": cv2.INTER_CUBIC,
+    "AREA": cv2.INTER_AREA,
+    "LANCZOS4": cv2.INTER_LANCZOS4,
+}
+
+
+def resized_size(width, height, target_size, keep_ratio=True, size_divisor=None):
+    """(w, h) an image is resized to; target_size -1 (or None) keeps the image as it is.
+
+    With keep_ratio, the scale is the largest that fits the long side in max(target) and the short
+    side in min(target); size_divisor rounds both sides up to a multiple.
+    """
+    if target_size is None or target_size == -1 or target_size == (-1, -1):
+        return width, height
+    tw, th = (target_size, target_size) if isinstance(target_size, int) else target_size
+    if keep_ratio:
+        scale = min(max(tw, th) / max(width, height), min(tw, th) / min(width, height))
+        tw, th = round(width * scale), round(height * scale)
+    if size_divisor:
+        tw, th = (math.ceil(s / size_divisor) * size_divisor for s in (tw, th))
+    return int(tw), int(th)
+
+
+def resize(img, size_wh, interp="LINEAR"):
+    if (img.shape[1], img.shape[0]) == tuple(size_wh):
+        return img
+    return cv2.resize(img, tuple(size_wh), interpolation=INTERP[interp])
+
+
+def normalize_to_chw(img, mean, std):
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 ((x / 255) - mean) / std."""
+    mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, np.float32).reshape(3, 1, 1)
+    chw = img.transpose(2, 0, 1).astype(np.float32)
+    chw *= 1.0 / 255.0
+    chw -= mean
+    chw /= std
+    return chw
+
+
+def restore_mask(label_map, width, height):
+    """A (h, w) label map -> the original (height, width) with nearest neighbour: labels stay labels."""
+    if label_map.shape == (height, width):
+        return label_map
+    return cv2.resize(label_map, (width, height), interpolation=cv2.INTER_NEAREST)

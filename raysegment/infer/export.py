@@ -1,0 +1,65 @@
+"""Export a model to a PaddleX-format inference folder and save/load our checkpoints.
+
+The exported graph takes x (N, 3, H, W) float32, any H and W, and returns the argmax label map
+(N, H, W) int32, as PaddleSeg's `--output_op argmax` export does, so PaddleX runs it unchanged.
+"""
+
+import os
+
+import paddle
+
+from ..models import build_model, load_weights, save_weights
+from .model_files import CHECKPOINT_PARAMS, ModelInfo, read_model_folder, write_inference_yml
+
+
+class _ArgmaxHead(paddle.nn.Layer):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return paddle.argmax(self.net(x)[0], axis=1, dtype="int32")
+
+
+def save_checkpoint(layer, folder, model_name, class_names, transforms=None):
+    """folder/model.pdparams + folder/inference.yml (model name, class names, transforms)."""
+    info = ModelInfo(model_name, list(class_names))
+    if transforms is not None:
+        info.transforms = [dict(t) for t in transforms]
+    save_weights(layer, os.path.join(folder, CHECKPOINT_PARAMS))
+    write_inference_yml(folder, info, exported=False)
+    return folder
+
+
+def load_checkpoint(folder):
+    """(layer in eval mode, ModelInfo) from a checkpoint folder, loaded strictly."""
+    info = read_model_folder(folder)
+    layer = build_model(info.model_name, info.num_classes)
+    load_weights(layer, info.params_file)
+    layer.eval()
+    return layer, info
+
+
+def export_model(layer, folder, model_name, class_names, transforms=None):
+    """Write inference.json + inference.pdiparams + inference.yml to `folder`."""
+    info = ModelInfo(model_name, list(class_names))
+    if transforms is not None:
+        info.transforms = [dict(t) for t in transforms]
+    was_training = layer.training
+    layer.eval()
+    try:
+        static = paddle.jit.to_static(
+            _ArgmaxHead(layer),
+            input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32", "x")],
+            full_graph=True,
+        )
+        paddle.jit.save(static, os.path.join(folder, "inference"))
+    finally:
+        layer.train(was_training)
+    write_inference_yml(folder, info, exported=True)
+    return folder
+
+
+def export_checkpoint(checkpoint_folder, folder):
+    layer, info = load_checkpoint(checkpoint_folder)
+    return export_model(layer, folder, info.model_name, info.class_names, info.transforms)

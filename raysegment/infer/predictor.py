@@ -1,0 +1,124 @@
+"""The one Predictor: load once, preprocess, batched forward, map back to the original size.
+
+`create_model().predict`, each Ray Data actor and each Serve replica hold one of these. It works
+on decoded RGB arrays; reading bytes and decoding stay with the caller (storage, data.image).
+"""
+
+import os
+
+import numpy as np
+
+from ..data import transforms as T
+from ..models import build_model, check_model_name, load_weights
+from .engines import InferenceEngine, LayerEngine, resolve_device
+from .model_files import ModelFolderError, ModelInfo, default_class_names, read_model_folder
+
+# PaddleX's Resize defaults when a target size is asked for and the folder has no Resize transform.
+RESIZE_DEFAULTS = {"keep_ratio": True, "size_divisor": 32, "interp": "LINEAR"}
+
+
+def official_model_dir(model_name):
+    """Where PaddleX caches official inference folders (PADDLE_PDX_CACHE_HOME, default ~/.paddlex)."""
+    home = os.environ.get("PADDLE_PDX_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".paddlex")
+    return os.path.join(home, "official_models", model_name)
+
+
+def check_target_size(size, name="target_size"):
+    ok = (
+        size is None
+        or (isinstance(size, int) and not isinstance(size, bool) and (size == -1 or size > 0))
+        or (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size))
+    )
+    if not ok:
+        raise ValueError(f"{name} must be None, -1, a positive int or (width, height), got {size!r}")
+    return tuple(size) if isinstance(size, list) else size
+
+
+class Predictor:
+    def __init__(self, engine, info: ModelInfo, target_size=None):
+        self.engine, self.info = engine, info
+        self.target_size = check_target_size(target_size)
+        self.mean, self.std = info.normalize
+        resize = info.resize or {}
+        self._resize_args = {k: resize.get(k, v) for k, v in RESIZE_DEFAULTS.items()}
+        self._folder_size = resize.get("target_size", -1)
+
+    @classmethod
+    def load(cls, model_dir, model_name=None, device=None, target_size=None, num_classes=None, run_mode=None, cpu_threads=None):
+        """From an exported inference folder (paddle.inference) or a checkpoint folder (dygraph)."""
+        info = read_model_folder(model_dir, num_classes)
+        if model_name is not None and check_model_name(model_name) != info.model_name:
+            raise ModelFolderError(f"model folder {os.fspath(model_dir)!r} holds a {info.model_name}, not a {model_name}")
+        device = resolve_device(device)
+        if info.graph_file:
+            engine = InferenceEngine(info.graph_file, info.params_file, device, run_mode, cpu_threads)
+        else:
+            if not info.class_names:
+                raise ModelFolderError(f"checkpoint {os.fspath(model_dir)!r} has no label_list in inference.yml; pass num_classes")
+            layer = build_model(info.model_name, info.num_classes)
+            load_weights(layer, info.params_file)
+            engine = LayerEngine(layer, device)
+        return cls(engine, info, target_size)
+
+    @classmethod
+    def from_layer(cls, layer, model_name, class_names, transforms=None, device="cpu", target_size=None):
+        """Wrap an in-memory model (e.g. during training) without saving it."""
+        info = ModelInfo(model_name, list(class_names))
+        if transforms is not None:
+            info.transforms = [dict(t) for t in transforms]
+        return cls(LayerEngine(layer, resolve_device(device)), info, target_size)
+
+    @property
+    def model_name(self):
+        return self.info.model_name
+
+    @property
+    def class_names(self):
+        return self.info.class_names
+
+    def _input_size(self, img, target_size):
+        size = target_size if target_size is not None else self.target_size
+        size = self._folder_size if size is None else size
+        h, w = img.shape[:2]
+        return T.resized_size(w, h, size, self._resize_args["keep_ratio"], self._resize_args["size_divisor"])
+
+    def preprocess(self, img, target_size=None):
+        """(H, W, 3) uint8 RGB -> (3, h, w) float32 network input."""
+        resized = T.resize(img, self._input_size(img, target_size), self._resize_args["interp"])
+        return T.normalize_to_chw(resized, self.mean, self.std)
+
+    def predict(self, images, target_size=None):
+        """RGB uint8 arrays (any sizes) -> (H, W) int32 label maps at each image's own size.
+
+        Images whose network inputs share a shape go through one forward pass together; the
+        caller decides the batch by how many images it passes.
+        """
+        target_size = check_target_size(target_size)
+        inputs = [self.preprocess(img, target_size) for img in images]
+        labels = [None] * len(images)
+        by_shape = {}
+        for i, x in enumerate(inputs):
+            by_shape.setdefault(x.shape, []).append(i)
+        for idx in by_shape.values():
+            out = self.engine(np.stack([inputs[i] for i in idx]))  # (n, h, w) int32
+            for i, label_map in zip(idx, out):
+                h, w = images[i].shape[:2]
+                labels[i] = T.restore_mask(label_map, w, h)
+        return labels
+
+
+def load_predictor(model_name=None, model_dir=None, device=None, target_size=None, num_classes=None, **kw):
+    """A Predictor for `model_dir`, or for the official folder PaddleX caches for `model_name`."""
+    if model_dir is None:
+        if model_name is None:
+            raise ValueError("pass a model_name or a model_dir")
+        model_dir = official_model_dir(check_model_name(model_name))
+        if not os.path.isdir(model_dir):
+            raise ModelFolderError(
+                f"no weights for {model_name}: pass model_dir= (an exported inference folder or a checkpoint), "
+                f"or put the official PaddleX inference folder at {model_dir} (downloads are not possible here)"
+            )
+    return Predictor.load(model_dir, model_name, device, target_size, num_classes, **kw)
+
+
+__all__ = ["Predictor", "load_predictor", "default_class_names", "official_model_dir"]

@@ -1,0 +1,37 @@
+"""Model registry: PaddleX model name -> builder(num_classes) returning a paddle.nn.Layer.
+
+Every model has a `num_classes` attribute.
+Every model, in eval mode, maps x (N, 3, H, W) float32 to [logits (N, C, H, W)]; in train mode the
+list may also carry auxiliary logits (all at the input size).
+"""
+
+from . import pp_liteseg
+from .weights import WeightsError, load_weights, save_weights
+
+MODELS = {
+    "PP-LiteSeg-T": pp_liteseg.pp_liteseg_t,
+    "PP-LiteSeg-B": pp_liteseg.pp_liteseg_b,
+}
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def check_model_name(name):
+    if name not in MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    return name
+
+
+def build_model(name, num_classes=None, **kw):
+    """Build `name` with `num_classes` outputs (None: the published default, 19 or 150)."""
+    builder = MODELS[check_model_name(name)]
+    if num_classes is not None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        kw["num_classes"] = num_classes
+    return builder(**kw)
+
+
+__all__ = ["MODELS", "build_model", "check_model_name", "load_weights", "save_weights", "UnknownModelError", "WeightsError"]

@@ -1,0 +1,42 @@
+"""Building blocks shared by the architectures.
+
+Attribute names (`_conv`, `_batch_norm`) are PaddleSeg's `layers.ConvBN*` names, so published
+weights load without renaming. BatchNorm2D is used everywhere; multi-GPU training converts it to
+SyncBatchNorm (same parameter names) in the training loop, not here.
+"""
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+
+class ConvBN(nn.Layer):
+    """Conv2D -> BatchNorm2D. `bias_attr=False` drops the conv bias as PaddleSeg does."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding="same", **conv_kw):
+        super().__init__()
+        self._conv = nn.Conv2D(in_channels, out_channels, kernel_size, padding=padding, **conv_kw)
+        self._batch_norm = nn.BatchNorm2D(out_channels)
+
+    def forward(self, x):
+        return self._batch_norm(self._conv(x))
+
+
+class ConvBNReLU(ConvBN):
+    def forward(self, x):
+        return F.relu(super().forward(x))
+
+
+def avg_max_over_channels(tensors):
+    """[x0 (N,C0,H,W), x1 (N,C1,H,W), ...] -> (N, 2*len, H, W): mean_0, max_0, mean_1, max_1, ..."""
+    reduced = []
+    for x in tensors:
+        reduced += [paddle.mean(x, axis=1, keepdim=True), paddle.max(x, axis=1, keepdim=True)]
+    return paddle.concat(reduced, axis=1)
+
+
+def resize_to(x, size_hw, mode="bilinear"):
+    """Resize a NCHW tensor to `size_hw` (a shape tensor slice or a pair); bilinear uses half-pixel centres."""
+    if mode == "nearest":
+        return F.interpolate(x, size_hw, mode="nearest")
+    return F.interpolate(x, size_hw, mode=mode, align_corners=False)

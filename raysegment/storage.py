@@ -1,0 +1,128 @@
+"""Reading and writing bytes at local paths, http(s):// URLs and s3:// URIs: the one place that does I/O.
+
+S3 goes through boto3 with the standard AWS configuration (environment, ~/.aws/config), including
+`AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` for MinIO or a moto server, so the same code talks to all.
+"""
+
+import functools
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from urllib.parse import urlparse
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+HTTP_TIMEOUT_S = 30
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class StorageError(OSError):
+    pass
+
+
+def is_url(uri):
+    return isinstance(uri, str) and uri.startswith(("http://", "https://"))
+
+
+def is_s3(uri):
+    return isinstance(uri, str) and uri.startswith("s3://")
+
+
+def is_image_name(name):
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+@functools.cache
+def s3_client():
+    import boto3  # late: only S3 users pay for the import
+
+    return boto3.client("s3")
+
+
+def split_s3(uri):
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise StorageError(f"{uri!r} has no bucket; write s3://bucket/key")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def read_bytes(uri, max_bytes=None):
+    """All bytes at `uri`; StorageError naming the uri when it is missing or unreachable."""
+    if is_url(uri):
+        return _read_url(uri, max_bytes)
+    if is_s3(uri):
+        return _read_s3(uri)
+    try:
+        with open(uri, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise StorageError(f"file {uri!r} does not exist") from None
+    except IsADirectoryError:
+        raise StorageError(f"{uri!r} is a directory, not a file") from None
+    except OSError as e:
+        raise StorageError(f"cannot read {uri!r}: {e.strerror or e}") from None
+
+
+def _read_url(url, max_bytes):
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
+            data = resp.read(max_bytes + 1 if max_bytes else -1)
+    except urllib.error.HTTPError as e:
+        raise StorageError(f"GET {url} answered HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise StorageError(f"cannot fetch {url}: {reason}") from None
+    if max_bytes and len(data) > max_bytes:
+        raise StorageError(f"{url} is larger than the {max_bytes}-byte limit")
+    return data
+
+
+def _read_s3(uri):
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404"):
+            raise StorageError(f"{uri} does not exist") from None
+        raise StorageError(f"cannot read {uri}: {code or e}") from None
+    except BotoCoreError as e:
+        raise StorageError(f"cannot read {uri}: {e}") from None
+
+
+def write_bytes(uri, data):
+    """Write `data` so a reader never sees a partial file: temp + rename locally, one PUT on S3."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    folder = os.path.dirname(os.path.abspath(uri))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(uri))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, uri)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def list_images(uri):
+    """Image files under a local directory or an s3:// prefix, sorted; a single file is itself."""
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", []) if is_image_name(o["Key"]))
+    if os.path.isdir(uri):
+        found = []
+        for root, dirs, files in os.walk(uri):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+            found += [os.path.join(root, f) for f in files if is_image_name(f) and not f.startswith((".", "_"))]
+        return sorted(found)
+    return [uri]
