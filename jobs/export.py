@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.config import add_config_arguments, config_from_args  # noqa: E402
+from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: E402
 
 
 def main(argv=None):
@@ -50,4 +50,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

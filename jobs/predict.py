@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.config import add_config_arguments, config_from_args  # noqa: E402
+from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: E402
 
 
 def main(argv=None):
@@ -53,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -275,18 +275,3 @@ def _coerce(value, typ, name):
         return value
     raise ConfigError(f"{name}: expected {_typename(typ)}, got {value!r}")
 
-
-def add_config_arguments(parser, required=False):
-    """`-c CONFIG` and repeatable `-o Section.key=value`, as PaddleX's main.py takes them."""
-    parser.add_argument("-c", "--config", required=required, help="model YAML, e.g. configs/PP-LiteSeg-T.yaml")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value",
-                        help="override a config value; repeatable")
-    return parser
-
-
-def config_from_args(args, parser):
-    """Load the config named by parsed args; a ConfigError becomes a one-line argparse error."""
-    try:
-        return load_config(args.config, args.override)
-    except ConfigError as e:
-        parser.error(str(e))

@@ -3,7 +3,8 @@
 Conversions (documented in the README): grayscale is replicated to three channels; an alpha
 channel is dropped (pixels keep their colour, as PaddleX's reader does); 16-bit images are scaled
 to 8 bits (value >> 8). Anything that is not a whole, decodable, non-empty image is an ImageError
-that names the input.
+that names the input. OpenCV >= 5 refuses truncated JPEGs and PNGs outright (4.x decoded a cut
+JPEG into a half-grey image with only a warning), hence the version floor in pyproject.toml.
 """
 
 import cv2
@@ -18,8 +19,6 @@ def decode_image(data, name="image", max_pixels=None):
     """bytes -> (H, W, 3) uint8 RGB; ImageError naming `name` for empty, truncated or non-image bytes."""
     if not data:
         raise ImageError(f"{name} is empty (0 bytes)")
-    if _is_truncated_jpeg(data):
-        raise ImageError(f"{name} is a truncated JPEG (no end-of-image marker after the image data); re-export or re-download it")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError(f"{name} is not a decodable image (damaged, truncated or not an image format OpenCV reads)")
@@ -46,12 +45,3 @@ def to_rgb8(img, name="image", max_pixels=None):
     if img.shape[2] == 3:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     raise ImageError(f"{name} has {img.shape[2]} channels; expected 1, 3 or 4")
-
-
-def _is_truncated_jpeg(data):
-    # libjpeg decodes a cut-off JPEG into a half-grey image with only a warning. The end-of-image
-    # marker FFD9 cannot occur inside entropy-coded data, so a whole file has one after its last
-    # start-of-scan marker FFDA (an EXIF thumbnail's EOI comes before the main image's SOS).
-    if not data.startswith(b"\xff\xd8"):
-        return False
-    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")

@@ -46,14 +46,18 @@ def resolve_device(device):
 
 
 def default_cpu_threads():
-    # Ray sets OMP_NUM_THREADS to an actor's num_cpus; outside Ray use the cores we may run on.
-    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    """The cores this process may run on. Not OMP_NUM_THREADS: importing paddle sets it to 1 when
+    unset, which would make every CPU forward single-threaded (3.2 vs 5.3 images/s on 2 cores).
+    Ray actors pass their num_cpus explicitly instead."""
+    return len(os.sched_getaffinity(0))
 
 
 class LayerEngine:
-    def __init__(self, layer, device=("cpu", None)):
+    def __init__(self, layer, device=("cpu", None), cpu_threads=None):
         kind, gpu = device
         paddle.set_device("cpu" if kind == "cpu" else f"gpu:{gpu}")
+        if kind == "cpu":
+            paddle.base.core.set_num_threads(cpu_threads or default_cpu_threads())
         self.layer = layer
         self.layer.eval()
         self.run_mode = "dygraph"

@@ -57,16 +57,16 @@ class Predictor:
                 raise ModelFolderError(f"checkpoint {os.fspath(model_dir)!r} has no label_list in inference.yml; pass num_classes")
             layer = build_model(info.model_name, info.num_classes)
             load_weights(layer, info.params_file)
-            engine = LayerEngine(layer, device)
+            engine = LayerEngine(layer, device, cpu_threads)
         return cls(engine, info, target_size)
 
     @classmethod
-    def from_layer(cls, layer, model_name, class_names, transforms=None, device="cpu", target_size=None):
+    def from_layer(cls, layer, model_name, class_names, transforms=None, device="cpu", target_size=None, cpu_threads=None):
         """Wrap an in-memory model (e.g. during training) without saving it."""
         info = ModelInfo(model_name, list(class_names))
         if transforms is not None:
             info.transforms = [dict(t) for t in transforms]
-        return cls(LayerEngine(layer, resolve_device(device)), info, target_size)
+        return cls(LayerEngine(layer, resolve_device(device), cpu_threads), info, target_size)
 
     @property
     def model_name(self):

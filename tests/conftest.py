@@ -1,0 +1,121 @@
+"""Shared fixtures: tiny models and images made here, a real local HTTP server and a real S3
+endpoint (moto's server mode) on 127.0.0.1. Nothing here needs ../shared or the network."""
+
+import functools
+import http.server
+import os
+import threading
+
+import cv2
+import numpy as np
+import paddle
+import pytest
+
+from raysegment import storage
+from raysegment.infer import export_model, save_checkpoint
+from raysegment.models import build_model
+
+REFERENCE_KEYS = os.path.join(os.path.dirname(__file__), "reference_keys")
+CLASS_NAMES = ["sky", "road", "car"]
+
+
+def random_image(h, w, seed=0):
+    """A smooth random RGB image: blobs rather than noise, so resizing changes masks only a little."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(h // 8, 2), max(w // 8, 2), 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def jpeg_bytes(img_rgb, quality=95):
+    return cv2.imencode(".jpg", cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def png_bytes(img):
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+@pytest.fixture(scope="session")
+def tiny_layer():
+    """An untrained PP-LiteSeg-T with 3 classes, in eval mode (weights fixed by seed)."""
+    paddle.seed(7)
+    layer = build_model("PP-LiteSeg-T", num_classes=len(CLASS_NAMES))
+    layer.eval()
+    return layer
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tiny_layer, tmp_path_factory):
+    return save_checkpoint(tiny_layer, str(tmp_path_factory.mktemp("ckpt")), "PP-LiteSeg-T", CLASS_NAMES)
+
+
+@pytest.fixture(scope="session")
+def inference_dir(tiny_layer, tmp_path_factory):
+    return export_model(tiny_layer, str(tmp_path_factory.mktemp("inference")), "PP-LiteSeg-T", CLASS_NAMES)
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    """Three images in a small tree, two sizes and two formats."""
+    paths = {
+        "a.jpg": random_image(64, 96, seed=1),
+        "sub/b.png": random_image(64, 96, seed=2),
+        "sub/c.jpg": random_image(48, 80, seed=3),
+    }
+    for rel, img in paths.items():
+        path = tmp_path / "images" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg_bytes(img) if rel.endswith(".jpg") else png_bytes(cv2.cvtColor(img, cv2.COLOR_RGB2BGR)))
+    return tmp_path / "images"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """(folder, base_url): a real HTTP server on 127.0.0.1 serving `folder`."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1; the AWS environment points boto3 at it, as a user would for MinIO."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    storage.s3_client.cache_clear()
+    yield env["AWS_ENDPOINT_URL"]
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    storage.s3_client.cache_clear()
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    client = storage.s3_client()
+    name = f"bucket-{os.urandom(4).hex()}"
+    client.create_bucket(Bucket=name)
+    return name

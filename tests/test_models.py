@@ -1,0 +1,116 @@
+"""Every registered model: reference parameter names and shapes, forward in both modes, strict loading."""
+
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import REFERENCE_KEYS
+from raysegment.models import MODELS, UnknownModelError, WeightsError, build_model, load_weights, save_weights
+
+
+def reference_keys(name):
+    """{param name: shape} of PaddleSeg's implementation, read from its state_dict listing."""
+    keys = {}
+    with open(os.path.join(REFERENCE_KEYS, f"{name}.keys.txt")) as f:
+        for line in f:
+            key, shape, _dtype = line.rstrip("\n").split("\t")
+            keys[key] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
+    return keys
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    paddle.seed(0)
+    return request.param, build_model(request.param)
+
+
+def test_state_dict_equals_reference(model):
+    name, layer = model
+    ours = {k: list(v.shape) for k, v in layer.state_dict().items()}
+    ref = reference_keys(name)
+    assert sorted(set(ours) - set(ref)) == [], "parameters the reference does not have"
+    assert sorted(set(ref) - set(ours)) == [], "reference parameters we lack"
+    assert {k: s for k, s in ours.items() if s != ref[k]} == {}, "shapes differ"
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_forward_returns_logits_at_input_size(model, mode):
+    name, layer = model
+    layer.train() if mode == "train" else layer.eval()
+    x = paddle.rand([2, 3, 72, 100])  # not a multiple of 32 on purpose
+    with paddle.no_grad():
+        out = layer(x)
+    assert isinstance(out, list) and len(out) >= 1
+    assert out[0].shape == [2, layer.num_classes, 72, 100]
+    if mode == "eval":
+        assert len(out) == 1
+    assert all(o.shape == [2, layer.num_classes, 72, 100] for o in out)
+    layer.eval()
+
+
+def test_num_classes_and_unknown_name():
+    assert build_model("PP-LiteSeg-T", num_classes=5).num_classes == 5
+    with pytest.raises(UnknownModelError, match="valid names: .*PP-LiteSeg-T"):
+        build_model("PP-LiteSeg-X")
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("PP-LiteSeg-T", num_classes=0)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    paddle.seed(3)
+    a = build_model("PP-LiteSeg-T", num_classes=4)
+    a.eval()
+    save_weights(a, str(tmp_path / "m.pdparams"))
+    paddle.seed(4)  # different random init, so equality below comes from the loaded weights
+    b = build_model("PP-LiteSeg-T", num_classes=4)
+    b.eval()
+    x = paddle.rand([1, 3, 64, 64])
+    assert not np.allclose(a(x)[0].numpy(), b(x)[0].numpy())
+    assert load_weights(b, str(tmp_path / "m.pdparams")) == []
+    np.testing.assert_array_equal(a(x)[0].numpy(), b(x)[0].numpy())
+
+
+def test_strict_loading_names_missing_unexpected_and_misshaped_keys(tmp_path):
+    layer = build_model("PP-LiteSeg-T", num_classes=4)
+    state = {k: v.numpy() for k, v in layer.state_dict().items()}
+    state.pop("backbone.features.0.conv.weight")
+    state["head.extra.weight"] = np.zeros([3], np.float32)
+    state["seg_heads.0.conv_out.weight"] = np.zeros([7, 32, 1, 1], np.float32)
+    with pytest.raises(WeightsError) as err:
+        load_weights(layer, state)
+    msg = str(err.value)
+    assert "missing: backbone.features.0.conv.weight" in msg
+    assert "unexpected: head.extra.weight" in msg
+    assert "seg_heads.0.conv_out.weight (file [7, 32, 1, 1], model [4, 32, 1, 1])" in msg
+
+
+def test_weights_of_another_model_or_class_count_are_refused(tmp_path):
+    path = str(tmp_path / "b.pdparams")
+    save_weights(build_model("PP-LiteSeg-B", num_classes=4), path)
+    with pytest.raises(WeightsError, match="missing|unexpected|mis-shaped"):
+        load_weights(build_model("PP-LiteSeg-T", num_classes=4), path)
+    save_weights(build_model("PP-LiteSeg-T", num_classes=19), path)
+    with pytest.raises(WeightsError, match=r"mis-shaped: seg_heads.0.conv_out.weight \(file \[19"):
+        load_weights(build_model("PP-LiteSeg-T", num_classes=4), path)
+
+
+def test_skip_prefixes_allows_replacing_a_head_and_reports_it(tmp_path):
+    path = str(tmp_path / "t19.pdparams")
+    src = build_model("PP-LiteSeg-T", num_classes=19)
+    save_weights(src, path)
+    dst = build_model("PP-LiteSeg-T", num_classes=4)
+    skipped = load_weights(dst, path, skip_prefixes=("seg_heads.0.conv_out", "seg_heads.1.conv_out", "seg_heads.2.conv_out"))
+    assert skipped == [f"seg_heads.{i}.conv_out.weight" for i in range(3)]
+    np.testing.assert_array_equal(dst.state_dict()["backbone.features.0.conv.weight"].numpy(),
+                                  src.state_dict()["backbone.features.0.conv.weight"].numpy())
+
+
+@pytest.mark.parametrize("content,match", [(None, "does not exist"), (b"not a pickle", "cannot read weights file")])
+def test_unreadable_weights_file(tmp_path, content, match):
+    path = tmp_path / "w.pdparams"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(WeightsError, match=match):
+        load_weights(build_model("PP-LiteSeg-T", num_classes=2), str(path))
