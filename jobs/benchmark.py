@@ -48,7 +48,7 @@ def untrained_model_dir(folder, model_name="PP-LiteSeg-T", num_classes=11):
     return export_model(layer, os.path.join(folder, "inference"), model_name, names)
 
 
-def timed(fn, n_images, repeats=1):
+def timed(fn, n_images, repeats=2):
     """images/s of fn(), best of `repeats` (the machine is shared; the best run is the least disturbed)."""
     best = float("inf")
     for _ in range(repeats):
@@ -87,14 +87,14 @@ def bench_predict(args, work):
 
     rows = {}
     rows["create_model().predict + save (end to end)"] = timed(end_to_end, args.n)
-    rows["bare forward, pre-decoded (compute limit)"] = timed(forward(predictor.engine), args.n, repeats=2)
+    rows["bare forward, pre-decoded (compute limit)"] = timed(forward(predictor.engine), args.n)
     stages = {
-        "decode only": timed(lambda: [decode_image(open(p, "rb").read(), p) for p in paths], args.n),
+        "read + decode only": timed(lambda: [decode_image(open(p, "rb").read(), p) for p in paths], args.n),
         "preprocess only": timed(lambda: [predictor.preprocess(img) for img in rgb], args.n),
     }
     modes = {}
     device = resolve_device(args.device)
-    for mode in CPU_RUN_MODES if device[0] == "cpu" else ["gpu"]:
+    for mode in [m for m in CPU_RUN_MODES if m != predictor.engine.run_mode] if device[0] == "cpu" else []:
         try:
             engine = InferenceEngine(predictor.info.graph_file, predictor.info.params_file, device, mode if device[0] == "cpu" else None)
             engine(batches[0])

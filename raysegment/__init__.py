@@ -8,8 +8,18 @@
         res.save_to_json("output/")
 """
 
-from .config import ConfigError, load_config
-from .models import MODELS, build_model
+import os
+import warnings
+
+# Paddle warns on every import that ccache (a C++ build cache for custom ops) is missing, and its
+# C++ side logs each graph it builds; neither is news to a user. GLOG_minloglevel must be set
+# before paddle loads; a user's own setting wins.
+os.environ.setdefault("GLOG_minloglevel", "2")
+warnings.filterwarnings("ignore", message="No ccache found")
+
+from .config import ConfigError, load_config  # noqa: E402
+from .infer.model import SegModel  # noqa: E402
+from .models import MODELS, build_model  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -22,9 +32,7 @@ def create_model(model_name=None, model_dir=None, device=None, target_size=None,
     target_size: None (the folder's setting), -1 (no resize), N or (width, height).
     Extra keyword arguments (num_classes, run_mode, cpu_threads, max_image_pixels) go to the Predictor.
     """
-    from .infer.model import SegModel  # late: importing raysegment must not import paddle
-
     return SegModel.create(model_name, model_dir, device, target_size, **kw)
 
 
-__all__ = ["create_model", "build_model", "load_config", "ConfigError", "MODELS", "__version__"]
+__all__ = ["create_model", "build_model", "load_config", "ConfigError", "MODELS", "SegModel", "__version__"]

@@ -16,6 +16,8 @@ from typing import Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .models import MODELS
+
 
 class ConfigError(ValueError):
     pass
@@ -153,8 +155,6 @@ def load_config(path=None, overrides=(), where=None):
 
 
 def _check_model(cfg):
-    from .models import MODELS  # late: keeps `import raysegment.config` free of paddle
-
     if cfg.Global.model and cfg.Global.model not in MODELS:
         raise ConfigError(f"Global.model: unknown model {cfg.Global.model!r}; valid names: {', '.join(MODELS)}")
     size = cfg.Predict.target_size

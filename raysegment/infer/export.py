@@ -23,9 +23,7 @@ class _ArgmaxHead(paddle.nn.Layer):
 
 def save_checkpoint(layer, folder, model_name, class_names, transforms=None):
     """folder/model.pdparams + folder/inference.yml (model name, class names, transforms)."""
-    info = ModelInfo(model_name, list(class_names))
-    if transforms is not None:
-        info.transforms = [dict(t) for t in transforms]
+    info = ModelInfo(model_name, class_names, transforms)
     save_weights(layer, os.path.join(folder, CHECKPOINT_PARAMS))
     write_inference_yml(folder, info, exported=False)
     return folder
@@ -42,9 +40,7 @@ def load_checkpoint(folder):
 
 def export_model(layer, folder, model_name, class_names, transforms=None):
     """Write inference.json + inference.pdiparams + inference.yml to `folder`."""
-    info = ModelInfo(model_name, list(class_names))
-    if transforms is not None:
-        info.transforms = [dict(t) for t in transforms]
+    info = ModelInfo(model_name, class_names, transforms)
     was_training = layer.training
     layer.eval()
     try:

@@ -13,7 +13,7 @@ inference.yml:
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import yaml
 
@@ -33,9 +33,13 @@ class ModelFolderError(ValueError):
 class ModelInfo:
     model_name: str
     class_names: list[str]
-    transforms: list[dict] = field(default_factory=lambda: [dict(t) for t in DEFAULT_TRANSFORMS])
+    transforms: list[dict] | None = None  # None: DEFAULT_TRANSFORMS
     graph_file: str | None = None  # set for inference folders
     params_file: str | None = None
+
+    def __post_init__(self):
+        self.class_names = list(self.class_names)
+        self.transforms = [dict(t) for t in (self.transforms or DEFAULT_TRANSFORMS)]
 
     @property
     def num_classes(self):
@@ -60,7 +64,7 @@ class ModelInfo:
         deploy = {"transforms": self.transforms}
         if exported:
             deploy = {"model": "inference.json", "params": "inference.pdiparams", "output_op": "argmax", "output_dtype": "int32", **deploy}
-        return {"Global": {"model_name": self.model_name}, "Deploy": deploy, "label_list": list(self.class_names)}
+        return {"Global": {"model_name": self.model_name}, "Deploy": deploy, "label_list": self.class_names}
 
 
 def default_class_names(num_classes):
@@ -94,7 +98,7 @@ def read_model_folder(folder, num_classes=None):
     if names is None:
         # A PaddleX folder carries no class names; the count comes from the caller or the weights.
         names = default_class_names(num_classes) if num_classes else []
-    info = ModelInfo(model_name, list(names), [dict(t) for t in deploy.get("transforms") or DEFAULT_TRANSFORMS])
+    info = ModelInfo(model_name, names, deploy.get("transforms"))
     graph = next((g for g in GRAPH_FILES if os.path.isfile(os.path.join(folder, g))), None)
     if graph:
         params = os.path.join(folder, deploy.get("params", "inference.pdiparams"))

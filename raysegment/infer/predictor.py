@@ -63,9 +63,7 @@ class Predictor:
     @classmethod
     def from_layer(cls, layer, model_name, class_names, transforms=None, device="cpu", target_size=None, cpu_threads=None):
         """Wrap an in-memory model (e.g. during training) without saving it."""
-        info = ModelInfo(model_name, list(class_names))
-        if transforms is not None:
-            info.transforms = [dict(t) for t in transforms]
+        info = ModelInfo(model_name, class_names, transforms)
         return cls(LayerEngine(layer, resolve_device(device), cpu_threads), info, target_size)
 
     @property

@@ -39,7 +39,7 @@ def load_weights(model, path_or_state, skip_prefixes=(), where=None):
     else:
         state, where = read_state_dict(path_or_state), where or repr(os.fspath(path_or_state))
     own = model.state_dict()
-    skipped = sorted(k for k in set(own) | set(state) if k.startswith(tuple(skip_prefixes)) and skip_prefixes)
+    skipped = sorted(k for k in set(own) | set(state) if k.startswith(tuple(skip_prefixes)))
     keep = set(own) - set(skipped)
     missing = sorted(keep - set(state))
     unexpected = sorted(set(state) - set(own) - set(skipped))
