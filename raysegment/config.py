@@ -51,6 +51,7 @@ class SplitSection:
     enable: bool = False
     train_percent: int | None = field(default=None, metadata=_min(0))
     val_percent: int | None = field(default=None, metadata=_min(0))
+    seed: int = 0  # ours: the same seed gives the same split
 
 
 @dataclass

@@ -47,6 +47,26 @@ def split_s3(uri):
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+def join(root, rel):
+    """`rel` (a '/'-separated relative path) under `root`, a local folder or an s3:// prefix."""
+    if is_s3(root) or is_url(root):
+        return root.rstrip("/") + "/" + rel
+    return os.path.join(root, *rel.split("/"))
+
+
+def exists(uri):
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError:
+            return False
+    return os.path.exists(uri)
+
+
 def read_bytes(uri, max_bytes=None):
     """All bytes at `uri`; StorageError naming the uri when it is missing or unreachable."""
     if is_url(uri):
@@ -113,16 +133,24 @@ def write_bytes(uri, data):
         raise
 
 
-def list_images(uri):
-    """Image files under a local directory or an s3:// prefix, sorted; a single file is itself."""
+def list_files(uri, suffixes):
+    """Files ending in `suffixes` under a local directory or an s3:// prefix, sorted; names starting
+    with '.' or '_' (ours and Ray's bookkeeping) are skipped. A single file is itself."""
+    def wanted(name):
+        return name.lower().endswith(suffixes) and not name.startswith((".", "_"))
+
     if is_s3(uri):
         bucket, prefix = split_s3(uri)
         pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", []) if is_image_name(o["Key"]))
+        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", []) if wanted(o["Key"].rsplit("/", 1)[-1]))
     if os.path.isdir(uri):
         found = []
         for root, dirs, files in os.walk(uri):
             dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-            found += [os.path.join(root, f) for f in files if is_image_name(f) and not f.startswith((".", "_"))]
+            found += [os.path.join(root, f) for f in files if wanted(f)]
         return sorted(found)
     return [uri]
+
+
+def list_images(uri):
+    return list_files(uri, IMAGE_SUFFIXES)

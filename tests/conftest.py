@@ -3,6 +3,7 @@ endpoint (moto's server mode) on 127.0.0.1. Nothing here needs ../shared or the 
 
 import functools
 import http.server
+import logging
 import os
 import threading
 
@@ -91,6 +92,8 @@ def s3_server():
     """A moto S3 server on 127.0.0.1; the AWS environment points boto3 at it, as a user would for MinIO."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -119,3 +122,40 @@ def s3_bucket(s3_server):
     name = f"bucket-{os.urandom(4).hex()}"
     client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """A real local Ray with 2 CPUs, started after the S3 environment is set so workers inherit it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def write_label(path, label):
+    """A gray PNG of class ids."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(np.asarray(label, np.uint8)))
+
+
+def make_dataset(root, n_train=6, n_val=3, num_classes=3, size=(32, 48), seed=0, labels_txt=True):
+    """A clean SegDataset: images/, annotations/, train.txt, val.txt and labels.txt."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for split, n in (("train", n_train), ("val", n_val)):
+        lines = []
+        for i in range(n):
+            name = f"{split}_{i}"
+            img = random_image(h, w, seed=seed * 100 + i + (50 if split == "val" else 0))
+            label = rng.integers(0, num_classes, (h, w)).astype(np.uint8)
+            label[:2, :] = 255  # an ignored border
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            (root / "images" / f"{name}.jpg").write_bytes(jpeg_bytes(img))
+            write_label(root / "annotations" / f"{name}.png", label)
+            lines.append(f"images/{name}.jpg annotations/{name}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    if labels_txt:
+        (root / "labels.txt").write_text("".join(f"c{i}\n" for i in range(num_classes)))
+    return root

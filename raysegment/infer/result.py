@@ -19,27 +19,9 @@ import cv2
 import numpy as np
 
 from .. import storage
+from ..data.visualize import colorize
 
 log = logging.getLogger(__name__)
-
-
-def color_map(n=256):
-    """(n, 3) uint8 RGB palette, PaddleX's choice: the PASCAL VOC bit pattern, shifted so class 0
-    gets VOC colour 1 (dark red) rather than black."""
-    ids = np.arange(1, n + 1)
-    cmap = np.zeros((n, 3), np.uint8)
-    for bit in range(8):
-        for channel in range(3):
-            cmap[:, channel] |= (((ids >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
-    return cmap
-
-
-PALETTE = color_map()
-
-
-def colorize(label_map):
-    """(H, W) labels -> (H, W, 3) uint8 RGB pseudo-colour image."""
-    return PALETTE[np.asarray(label_map) % 256]
 
 
 def encode_mask_png(label_map):

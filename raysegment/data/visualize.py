@@ -1,0 +1,58 @@
+"""Pictures of label maps with OpenCV: PaddleX's colours, overlays, and a class histogram."""
+
+import cv2
+import numpy as np
+
+
+def color_map(n=256):
+    """(n, 3) uint8 RGB palette, PaddleX's choice: the PASCAL VOC bit pattern, shifted so class 0
+    gets VOC colour 1 (dark red) rather than black."""
+    ids = np.arange(1, n + 1)
+    cmap = np.zeros((n, 3), np.uint8)
+    for bit in range(8):
+        for channel in range(3):
+            cmap[:, channel] |= (((ids >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
+    return cmap
+
+
+PALETTE = color_map()
+
+
+def colorize(label_map):
+    """(H, W) labels -> (H, W, 3) uint8 RGB pseudo-colour image."""
+    label_map = np.asarray(label_map)
+    return PALETTE[label_map if label_map.dtype == np.uint8 else label_map % 256]
+
+
+def overlay(rgb, label_map, ignore_index=255, alpha=0.5):
+    """Blend the colour mask over the image; ignored pixels show the image alone."""
+    blended = cv2.addWeighted(rgb, 1 - alpha, colorize(label_map), alpha, 0)
+    keep = label_map == ignore_index
+    blended[keep] = rgb[keep]
+    return blended
+
+
+def draw_histogram(class_names, series, width=900, row_h=26):
+    """Horizontal bars of each class's share of labelled pixels, one bar per series (e.g. train,
+    val); returns a BGR image. `series` maps a name to per-class pixel counts."""
+    colours = [(180, 119, 31), (14, 127, 255), (44, 160, 44)]  # BGR
+    label_w, margin = 170, 10
+    bar_w = width - label_w - 2 * margin - 60
+    height = margin * 3 + row_h * (len(class_names) + 1)
+    img = np.full((height, width, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for k, name in enumerate(series):
+        x = label_w + margin + k * 120
+        cv2.rectangle(img, (x, margin), (x + 14, margin + 14), colours[k % 3], -1)
+        cv2.putText(img, name, (x + 20, margin + 12), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    shares = {n: np.asarray(c, np.float64) / max(np.sum(c), 1) for n, c in series.items()}
+    sub_h = (row_h - 6) // max(len(series), 1)
+    for i, cname in enumerate(class_names):
+        y = margin * 2 + row_h * (i + 1)
+        cv2.putText(img, f"{i} {cname}"[:22], (margin, y + row_h // 2), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        for k, (name, share) in enumerate(shares.items()):
+            top = y + k * sub_h
+            right = label_w + margin + int(bar_w * share[i])
+            cv2.rectangle(img, (label_w + margin, top), (right, top + sub_h - 1), colours[k % 3], -1)
+            cv2.putText(img, f"{100 * share[i]:.1f}%", (right + 4, top + sub_h - 2), font, 0.35, (60, 60, 60), 1, cv2.LINE_AA)
+    return img
