@@ -26,26 +26,12 @@ def main(argv=None):
     parser.add_argument("--untrained", action="store_true", help="export randomly initialised weights (pipeline checks only)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args, parser)
-
-    import paddle
-
-    from raysegment.infer import export_checkpoint, export_model
-    from raysegment.infer.model_files import default_class_names
-    from raysegment.models import build_model, load_weights
-
-    weights, out = cfg.Export.weight_path, cfg.Global.output
-    if args.untrained == (weights is not None):
+    if args.untrained == (cfg.Export.weight_path is not None):
         parser.error("pass exactly one of -o Export.weight_path=... or --untrained")
-    if weights and os.path.isdir(weights):
-        export_checkpoint(weights, out)
-    else:
-        if not cfg.Global.model:
-            parser.error("set Global.model (the config file usually does)")
-        paddle.seed(0)
-        layer = build_model(cfg.Global.model, cfg.Train.num_classes)
-        if weights:
-            load_weights(layer, weights)
-        export_model(layer, out, cfg.Global.model, default_class_names(layer.num_classes))
+
+    from raysegment.infer.export import export_from_config
+
+    out = export_from_config(cfg, untrained=args.untrained)
     print(f"exported {'UNTRAINED ' if args.untrained else ''}{cfg.Global.model or 'model'} to {os.path.abspath(out)}")
 
 

@@ -13,11 +13,13 @@ bulk job (raysegment.batch) replaces it for large inputs.
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: E402
+
+FLAGS = {"model_dir": "Predict.model_dir", "input": "Predict.input", "output": "Predict.output",
+         "batch_size": "Predict.batch_size", "device": "Global.device"}
 
 
 def main(argv=None):
@@ -28,28 +30,16 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, help="images per forward pass (Predict.batch_size)")
     parser.add_argument("--device", help="cpu, gpu or gpu:N (Global.device)")
     args = parser.parse_args(argv)
-    for flag, key in (("model_dir", "Predict.model_dir"), ("input", "Predict.input"), ("output", "Predict.output"),
-                      ("batch_size", "Predict.batch_size"), ("device", "Global.device")):
-        if getattr(args, flag) is not None:
-            args.override.append(f"{key}={getattr(args, flag)}")
+    args.override += [f"{key}={getattr(args, flag)}" for flag, key in FLAGS.items() if getattr(args, flag) is not None]
     cfg = config_from_args(args, parser)
-    p = cfg.Predict
-    if not p.model_dir or not p.input:
+    if not cfg.Predict.model_dir or not cfg.Predict.input:
         parser.error("pass --model-dir and --input (or Predict.model_dir and Predict.input)")
 
-    import raysegment
+    from raysegment.infer.model import predict_from_config
 
-    model = raysegment.create_model(cfg.Global.model or None, model_dir=p.model_dir, device=cfg.Global.device,
-                                    target_size=p.target_size, run_mode=p.kernel_option.run_mode,
-                                    max_image_pixels=p.max_image_pixels)
-    start, n = time.perf_counter(), 0
-    for res in model.predict(p.input, batch_size=p.batch_size):
-        res.save_to_img(p.output)
-        res.save_to_json(p.output)
-        n += 1
-    elapsed = time.perf_counter() - start
-    print(f"segmented {n} images with {model.model_name} in {elapsed:.1f} s ({n / elapsed:.2f} images/s); "
-          f"results in {os.path.abspath(p.output)}")
+    n, seconds, name = predict_from_config(cfg)
+    print(f"segmented {n} images with {name} in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} images/s); "
+          f"results in {os.path.abspath(cfg.Predict.output)}")
 
 
 if __name__ == "__main__":

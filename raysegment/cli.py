@@ -31,3 +31,31 @@ def run(main):
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def report_check(result, output):
+    """Print a check result's summary; returns the exit code (0 pass, 1 fail)."""
+    a = result["attributes"]
+    print(f"dataset {result['dataset_path']}: {a['num_classes']} classes, {a['train_samples']} train and "
+          f"{a['val_samples']} val samples")
+    for step in ("convert", "split"):
+        if step in result:
+            print(f"{step}: {', '.join(f'{k}={v}' for k, v in result[step].items() if k != 'errors')}"
+                  + (f"; {len(result[step]['errors'])} file(s) failed" if result[step].get("errors") else ""))
+    for e in result["errors"][:20]:
+        print(f"  {e['file']}{':' + str(e['line']) if e['line'] else ''}: {e['message']}")
+    if len(result["errors"]) > 20:
+        print(f"  ... and {len(result['errors']) - 20} more in check_dataset_result.json")
+    print(f"check {'passed' if result['check_pass'] else 'FAILED'}; results in {output}/check_dataset_result.json")
+    return 0 if result["check_pass"] else 1
+
+
+def report_evaluation(result, output):
+    m = result["metrics"]
+    print(f"evaluated {result['evaluated_samples']} of {result['listed_samples']} val samples: "
+          f"mIoU {m['mIoU']:.4f}, pixel accuracy {m['pixel_accuracy']:.4f}, kappa {m['kappa']:.4f}, mDice {m['mDice']:.4f}")
+    for name, iou in zip(m["class_names"], m["class_IoU"]):
+        print(f"  {name:20s} IoU {'-' if iou is None else f'{iou:.4f}'}")
+    if result["errors"]:
+        print(f"{len(result['errors'])} sample(s) skipped; see errors in {output}/evaluate_result.json")
+    print(f"results in {output}/evaluate_result.json")

@@ -66,3 +66,43 @@ def test_job_runtime_errors_are_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: model folder '{tmp_path / 'missing'}' does not exist")
     assert "Traceback" not in done.stderr
+
+
+def test_check_dataset_cli_passes_and_fails(tmp_path):
+    from conftest import make_dataset
+
+    root = make_dataset(tmp_path / "ds")
+    done = run_job("check_dataset.py", "-c", CONFIG, "-o", f"Global.dataset_dir={root}", "-o", f"Global.output={tmp_path / 'o'}")
+    assert done.returncode == 0, done.stderr
+    assert "3 classes, 6 train and 3 val samples" in done.stdout and "check passed" in done.stdout
+    (root / "val.txt").write_text("images/val_0.jpg\n")
+    done = run_job("check_dataset.py", "-c", CONFIG, "-o", f"Global.dataset_dir={root}", "-o", f"Global.output={tmp_path / 'o'}")
+    assert done.returncode == 1
+    assert "val.txt:1: expected 'image_path label_path', got 1 path" in done.stdout and "check FAILED" in done.stdout
+
+
+def test_main_module_dispatches_on_global_mode(tmp_path):
+    from conftest import make_dataset
+
+    root = make_dataset(tmp_path / "ds")
+    done = subprocess.run([sys.executable, "-m", "raysegment", "-c", CONFIG, "-o", "Global.mode=check_dataset",
+                           "-o", f"Global.dataset_dir={root}", "-o", f"Global.output={tmp_path / 'o'}"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "o" / "check_dataset_result.json").read_text())["check_pass"] is True
+    done = subprocess.run([sys.executable, "-m", "raysegment", "-c", CONFIG, "-o", "Global.mode=train"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "Global.mode=train is not available yet" in done.stderr
+
+
+def test_evaluate_cli_on_a_local_ray(tmp_path, inference_dir):
+    from conftest import CLASS_NAMES, make_dataset
+
+    root = make_dataset(tmp_path / "ds", n_val=2)
+    (root / "labels.txt").write_text("".join(f"{n}\n" for n in CLASS_NAMES))
+    done = run_job("evaluate.py", "-c", CONFIG, "-o", f"Global.dataset_dir={root}", "-o", f"Global.output={tmp_path / 'e'}",
+                   "-o", f"Evaluate.weight_path={inference_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "evaluated 2 of 2 val samples: mIoU" in done.stdout
+    result = json.loads((tmp_path / "e" / "evaluate_result.json").read_text())
+    assert result["metrics"]["class_names"] == CLASS_NAMES and 0 <= result["metrics"]["mIoU"] <= 1

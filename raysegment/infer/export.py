@@ -59,3 +59,21 @@ def export_model(layer, folder, model_name, class_names, transforms=None):
 def export_checkpoint(checkpoint_folder, folder):
     layer, info = load_checkpoint(checkpoint_folder)
     return export_model(layer, folder, info.model_name, info.class_names, info.transforms)
+
+
+def export_from_config(cfg, untrained=False):
+    """Global.mode=export: Export.weight_path (checkpoint folder or .pdparams) -> Global.output."""
+    from .model_files import default_class_names
+
+    weights, out = cfg.Export.weight_path, cfg.Global.output
+    if untrained == (weights is not None):
+        raise ValueError("pass exactly one of -o Export.weight_path=... or --untrained")
+    if weights and os.path.isdir(weights):
+        return export_checkpoint(weights, out)
+    if not cfg.Global.model:
+        raise ValueError("set Global.model (the config file usually does)")
+    paddle.seed(0)
+    layer = build_model(cfg.Global.model, cfg.Train.num_classes)
+    if weights:
+        load_weights(layer, weights)
+    return export_model(layer, out, cfg.Global.model, default_class_names(layer.num_classes))
