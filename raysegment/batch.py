@@ -75,10 +75,23 @@ class EvalActor(PredictorActor):
         return {"cm": cm.matrix[None], "n": np.array([len(good)]), "errors": np.array([json.dumps(errors)], dtype=object)}
 
 
+def check_actor_resources(ray, concurrency, num_cpus, num_gpus):
+    """Refuse an actor pool that leaves no CPU for the read/decode tasks: Ray Data would wait forever."""
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    if num_gpus and concurrency * num_gpus > gpus:
+        raise ValueError(f"{concurrency} actors x {num_gpus:g} GPUs (Ray.predict_concurrency x Ray.gpus_per_actor) "
+                         f"need {concurrency * num_gpus:g} GPUs; the cluster has {gpus:g}")
+    if concurrency * num_cpus > cpus - 1:
+        raise ValueError(f"{concurrency} actors x {num_cpus:g} CPUs (Ray.predict_concurrency x Ray.cpus_per_actor) leave "
+                         f"no CPU of the cluster's {cpus:g} for reading and decoding; lower one of them")
+
+
 def evaluate(model_dir, dataset_dir, split="val", batch_size=8, concurrency=1, num_cpus=1.0, num_gpus=0.0,
              device=None, ray_address=None, class_names=None):
     """Confusion matrix and metrics of `model_dir` on a dataset split, on Ray Data actors."""
     ray = init_ray(ray_address)
+    check_actor_resources(ray, concurrency, num_cpus, num_gpus)
     from .infer.model_files import read_model_folder
 
     info = read_model_folder(model_dir)

@@ -108,3 +108,12 @@ def test_evaluate_refuses_a_class_count_mismatch(tmp_path, inference_dir, ray_lo
     cfg = load_config(None, [f"Global.dataset_dir={root}", f"Evaluate.weight_path={inference_dir}"])
     with pytest.raises(ValueError, match="the dataset has 5 classes .* predicts 3"):
         evaluate_from_config(cfg)
+
+
+@pytest.mark.parametrize("override,match", [("Ray.cpus_per_actor=2", "leave no CPU of the cluster's 2"),
+                                             ("Ray.gpus_per_actor=1", "need 1 GPUs; the cluster has 0")])
+def test_evaluate_refuses_an_actor_pool_that_cannot_run(tmp_path, inference_dir, ray_local, override, match):
+    root = make_dataset(tmp_path / "ds")
+    cfg = load_config(None, [f"Global.dataset_dir={root}", f"Evaluate.weight_path={inference_dir}", override])
+    with pytest.raises(ValueError, match=match):
+        evaluate_from_config(cfg)
