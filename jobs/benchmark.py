@@ -2,11 +2,18 @@
 
     python jobs/benchmark.py predict                       # 100 bundled-size images (360x480)
     python jobs/benchmark.py predict --n 200 --batch-size 4 --model-dir output/best_model/inference
+    python jobs/benchmark.py train                         # 256x256 crops, batch 4 per worker
+    python jobs/benchmark.py train --dataset-dir ../shared/data/camvid --iters 40
 
 predict: images/s of `create_model().predict` with save_to_img + save_to_json, against the bare
 exported-model forward on pre-decoded, pre-normalised arrays (the compute limit), and the forward
 speed of every paddle.inference CPU mode and of dygraph. Without --model-dir an untrained
 PP-LiteSeg-T is exported (speed does not depend on the weights).
+
+train: training images/s of jobs/train.py's Ray Train path with 1 worker and with 2 workers
+(gloo), against the bare Paddle forward + backward + step on random arrays in one process with
+the same thread count (the compute limit): overhead = 1 - Ray 1 worker / bare. Without
+--dataset-dir a dataset is made from the bundled images with random block labels.
 """
 
 import argparse
@@ -22,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raysegment.cli import run  # noqa: E402
 
-SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "raysegment", "data", "samples")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLES = os.path.join(ROOT, "raysegment", "data", "samples")
 
 
 def make_image_dir(folder, n):
@@ -120,7 +128,92 @@ def bench_predict(args, work):
             "stages_images_per_s": stages, "forward_modes_images_per_s": modes, "ratio_end_to_end_over_limit": e2e / limit}
 
 
-BENCHMARKS = {"predict": bench_predict}
+def make_train_dir(folder, n, num_classes=11):
+    """A SegDataset from the bundled images with random block labels (speed does not depend on them)."""
+    import cv2
+    import numpy as np
+
+    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    os.makedirs(os.path.join(folder, "annotations"), exist_ok=True)
+    lines = []
+    for i in range(n):
+        shutil.copyfile(samples[i % len(samples)], os.path.join(folder, "images", f"{i}.jpg"))
+        label = np.kron(rng.integers(0, num_classes, (9, 12)), np.ones((40, 40))).astype(np.uint8)  # 360 x 480
+        cv2.imwrite(os.path.join(folder, "annotations", f"{i}.png"), label)
+        lines.append(f"images/{i}.jpg annotations/{i}.png")
+    for split, part in (("train", lines), ("val", lines[:4])):
+        with open(os.path.join(folder, f"{split}.txt"), "w") as f:
+            f.write("\n".join(part) + "\n")
+    with open(os.path.join(folder, "labels.txt"), "w") as f:
+        f.write("".join(f"class_{i}\n" for i in range(num_classes)))
+    return folder
+
+
+def bare_train_step_rate(cfg, iters, threads):
+    """images/s of forward + OHEM loss + backward + SGD step on random arrays, no data loading."""
+    import numpy as np
+    import paddle
+
+    from raysegment.models import build_model
+    from raysegment.train.losses import segmentation_loss
+
+    paddle.set_device("cpu")
+    paddle.base.core.set_num_threads(threads)
+    t = cfg.Train
+    net = build_model(cfg.Global.model, t.num_classes)
+    net.train()
+    opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.9, parameters=net.parameters(), weight_decay=5e-4)
+    w, h = t.crop_size
+    rng = np.random.default_rng(0)
+    x = paddle.to_tensor(rng.standard_normal((t.batch_size, 3, h, w)).astype("float32"))
+    y = paddle.to_tensor(rng.integers(0, t.num_classes, (t.batch_size, h, w)).astype("int64"))
+
+    def step():
+        loss = segmentation_loss(net(x), y, t.loss, t.ohem_min_kept)
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+        return float(loss)  # sync point, as the loop's logging is
+
+    step()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return iters * t.batch_size / (time.perf_counter() - start)
+
+
+def bench_train(args, work):
+    from raysegment.config import load_config
+    from raysegment.train.ray_train import fit
+
+    dataset = args.dataset_dir or make_train_dir(os.path.join(work, "data"), 24)
+    base = [f"Global.dataset_dir={dataset}", "Train.num_classes=11", "Train.batch_size=4", "Train.crop_size=[256,256]",
+            f"Train.epochs_iters={args.iters}", f"Train.eval_interval={args.iters}", "Train.log_interval=10"]
+    config = os.path.join(ROOT, "configs", "PP-LiteSeg-T.yaml")
+    rows = {}
+    cfg = load_config(config, base)
+    rows["bare forward+backward, 1 thread (compute limit for 1 worker)"] = bare_train_step_rate(cfg, args.iters, 1)
+    rows["bare forward+backward, 2 threads"] = bare_train_step_rate(cfg, args.iters, 2)
+    # On 2 cores a CPU must stay free for Ray Data's decode/augment tasks: 1 worker x 1 CPU, 2 x 0.5.
+    for workers, cpus in ((1, 1.0), (2, 0.5)):
+        cfg = load_config(config, base + [f"Global.output={work}/run{workers}", f"Ray.num_workers={workers}", f"Ray.cpus_per_worker={cpus}"])
+        result = fit(cfg)
+        rows[f"Ray Train, {workers} worker{'s' * (workers > 1)} x 1 thread (jobs/train.py path)"] = result["images_per_s"]
+    bare1 = rows["bare forward+backward, 1 thread (compute limit for 1 worker)"]
+    ray1 = rows["Ray Train, 1 worker x 1 thread (jobs/train.py path)"]
+    ray2 = rows["Ray Train, 2 workers x 1 thread (jobs/train.py path)"]
+    print(f"\ntrain benchmark: PP-LiteSeg-T, 256x256 crops, batch 4 per worker, {args.iters} iterations, {os.cpu_count()} CPUs")
+    print(f"{'measurement':62s} {'images/s':>10s}")
+    for name, value in rows.items():
+        print(f"{name:62s} {value:>10.2f}")
+    print(f"{'Ray Train 1 worker / bare (1 - overhead)':62s} {ray1 / bare1:>10.3f}")
+    print(f"{'2 workers / 1 worker (scaling)':62s} {ray2 / ray1:>10.3f}")
+    return {"images_per_s": rows, "ray1_over_bare": ray1 / bare1, "scaling_2_over_1": ray2 / ray1, "iters": args.iters}
+
+
+BENCHMARKS = {"predict": bench_predict, "train": bench_train}
 
 
 def main(argv=None):
@@ -130,6 +223,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--model-dir", help="exported inference folder (default: an untrained PP-LiteSeg-T)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--iters", type=int, default=30, help="train: iterations per measurement")
+    parser.add_argument("--dataset-dir", help="train: a SegDataset (default: one made from the bundled images)")
     parser.add_argument("--json", help="where to write the results (default output/benchmarks/<which>.json)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="raysegment-bench-") as work:

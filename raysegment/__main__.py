@@ -4,9 +4,11 @@
     python -m raysegment -c configs/PP-LiteSeg-T.yaml -o Global.mode=evaluate -o Evaluate.weight_path=...
     python -m raysegment -c configs/PP-LiteSeg-T.yaml -o Global.mode=predict -o Predict.input=...
     python -m raysegment -c configs/PP-LiteSeg-T.yaml -o Global.mode=export -o Export.weight_path=...
+    python -m raysegment -c configs/PP-LiteSeg-T.yaml -o Global.mode=train -o Global.dataset_dir=... -o Train.num_classes=11
 """
 
 import argparse
+import json
 import sys
 
 from .cli import add_config_arguments, config_from_args, report_check, report_evaluation, run
@@ -29,12 +31,14 @@ def main(argv=None):
 
         n, seconds, name = predict_from_config(cfg)
         print(f"segmented {n} images with {name} in {seconds:.1f} s; results in {cfg.Predict.output}")
+    elif mode == "train":
+        from .train.ray_train import fit
+
+        print(json.dumps(fit(cfg), indent=2))
     elif mode == "export":
         from .infer.export import export_from_config
 
         print(f"exported to {export_from_config(cfg)}")
-    else:
-        parser.error(f"Global.mode={mode} is not available yet; use check_dataset, evaluate, predict or export")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,22 @@ class TrainSection:
     resume_path: str | None = None
     log_interval: int = field(default=10, metadata=_min(1))
     eval_interval: int = field(default=100, metadata=_min(1))
+    # ours: the published recipe's knobs (PaddleSeg's values for PP-LiteSeg are the defaults)
+    crop_size: list[int] = field(default_factory=lambda: [512, 512])  # [width, height]
+    min_scale: float = field(default=0.5, metadata=_min(0.01))
+    max_scale: float = field(default=2.0, metadata=_min(0.01))
+    scale_step: float = field(default=0.25, metadata=_min(0.0))
+    flip: bool = True
+    distort: float = field(default=0.5, metadata=_min(0.0))  # brightness/contrast/saturation range; 0: off
+    loss: str = field(default="ohem", metadata=_choice("ohem", "ce"))
+    ohem_min_kept: int = field(default=130000, metadata=_min(0))
+    momentum: float = field(default=0.9, metadata=_min(0.0))
+    weight_decay: float = field(default=5e-4, metadata=_min(0.0))
+    lr_power: float = field(default=0.9, metadata=_min(0.0))  # polynomial decay to 0
+    amp: bool = False  # mixed precision, GPU only
+    freeze_bn: bool = False  # BatchNorm uses its running statistics (fine-tuning on small batches)
+    seed: int = 0
+    keep_checkpoints: int = field(default=2, metadata=_min(1))  # iter_N folders kept besides best_model
 
 
 @dataclass
@@ -108,13 +124,15 @@ class RaySection:
     """Ray resources; the only place (with jobs/) where resource numbers live."""
 
     address: str | None = None  # None: connect to RAY_ADDRESS or start a local Ray
-    num_workers: int = field(default=1, metadata=_min(1))  # training workers
+    num_workers: int = field(default=1, metadata=_min(0))  # training workers; 0: in this process, no Ray
     use_gpu: bool = False
     cpus_per_worker: float = field(default=1.0, metadata=_min(0.0))
     predict_batch_size: int = field(default=8, metadata=_min(1))  # images per actor call
     predict_concurrency: int = field(default=1, metadata=_min(1))  # predictor actors
     gpus_per_actor: float = field(default=0.0, metadata=_min(0.0))
     cpus_per_actor: float = field(default=1.0, metadata=_min(0.0))
+    max_failures: int = field(default=2, metadata=_min(0))  # training restarts from the last checkpoint
+    storage_path: str | None = None  # Ray Train checkpoints (local, shared or s3://); None: Global.output/ray_results
 
 
 @dataclass
@@ -158,6 +176,11 @@ def load_config(path=None, overrides=(), where=None):
 def _check_model(cfg):
     if cfg.Global.model and cfg.Global.model not in MODELS:
         raise ConfigError(f"Global.model: unknown model {cfg.Global.model!r}; valid names: {', '.join(MODELS)}")
+    crop = cfg.Train.crop_size
+    if len(crop) != 2 or min(crop) < 1:
+        raise ConfigError(f"Train.crop_size: expected [width, height] of positive ints, got {crop!r}")
+    if cfg.Train.min_scale > cfg.Train.max_scale:
+        raise ConfigError(f"Train.min_scale ({cfg.Train.min_scale}) is above Train.max_scale ({cfg.Train.max_scale})")
     size = cfg.Predict.target_size
     if isinstance(size, int) and size != -1 and size < 1 or isinstance(size, list) and (len(size) != 2 or min(size) < 1):
         raise ConfigError(f"Predict.target_size: expected -1, a positive int or [width, height], got {size!r}")

@@ -92,7 +92,7 @@ def test_main_module_dispatches_on_global_mode(tmp_path):
     assert json.loads((tmp_path / "o" / "check_dataset_result.json").read_text())["check_pass"] is True
     done = subprocess.run([sys.executable, "-m", "raysegment", "-c", CONFIG, "-o", "Global.mode=train"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 2 and "Global.mode=train is not available yet" in done.stderr
+    assert done.returncode == 1 and "error: set Global.dataset_dir" in done.stderr
 
 
 def test_evaluate_cli_on_a_local_ray(tmp_path, inference_dir):

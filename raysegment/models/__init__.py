@@ -1,6 +1,7 @@
 """Model registry: PaddleX model name -> builder(num_classes) returning a paddle.nn.Layer.
 
-Every model has a `num_classes` attribute.
+Every model has `num_classes` and `classifier_prefixes` (the state_dict prefixes of the layers
+whose shape depends on num_classes) attributes.
 Every model, in eval mode, maps x (N, 3, H, W) float32 to [logits (N, C, H, W)]; in train mode the
 list may also carry auxiliary logits (all at the input size).
 """

@@ -110,6 +110,8 @@ class PPLiteSeg(nn.Layer):
         self.seg_heads = nn.LayerList(
             [SegHead(c, mid, num_classes) for c, mid in zip(arm_out_chs, seg_head_inter_chs)]
         )
+        # the layers whose shape depends on num_classes: replaced when fine-tuning to other classes
+        self.classifier_prefixes = tuple(f"seg_heads.{i}.conv_out" for i in range(len(self.seg_heads)))
 
     def forward(self, x):
         hw = paddle.shape(x)[2:]

@@ -1,0 +1,278 @@
+"""`train(cfg)`: the training loop. It runs in one process as it is, and on every Ray Train
+worker through raysegment.train.ray_train, which only supplies the data shard, the rank and a
+`report` hook.
+
+Outputs in Global.output (rank 0): train.log, config.yaml, iter_<N>/ checkpoints (last
+Train.keep_checkpoints), best_model/ (model.pdparams, model.pdopt, inference.yml, inference/) and
+train_result.json.
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+
+import numpy as np
+import paddle
+
+from ..data.augment import AugmentSpec
+from ..data.dataset import read_class_names
+from ..data.metrics import ConfusionMatrix
+from ..infer import Predictor, export_model, save_checkpoint
+from ..infer.engines import default_cpu_threads
+from ..infer.model_files import default_class_names
+from ..models import WeightsError, build_model, load_weights
+from .data import local_batches, split_rows
+from .losses import segmentation_loss
+
+log = logging.getLogger("raysegment.train")
+STATE_FILE = "train_state.json"
+
+
+def lr_at(step, base_lr, total, warmup=0, power=0.9):
+    """Linear warmup from 0 over `warmup` steps, then polynomial decay to 0 at `total`."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return base_lr * (1 - min(progress, 1.0)) ** power
+
+
+def set_train_mode(net, freeze_bn):
+    net.train()
+    if freeze_bn:
+        for layer in net.sublayers():
+            if isinstance(layer, (paddle.nn.BatchNorm2D, paddle.nn.SyncBatchNorm)):
+                layer.eval()
+
+
+def load_pretrained(net, path, head_prefixes):
+    """Full-model weights (a classifier head for another class count is replaced, and said so) or
+    backbone-only weights (keys without 'backbone.'). Strict otherwise."""
+    try:
+        skipped = load_weights(net, path)
+    except WeightsError:
+        try:
+            skipped = load_weights(net, path, skip_prefixes=head_prefixes)
+        except WeightsError:
+            load_weights(net.backbone, path, where=f"{path!r} (as backbone weights)")
+            return "backbone"
+    return f"full model, classifier replaced: {', '.join(skipped)}" if skipped else "full model"
+
+
+def evaluate_layer(net, rows, class_names, device="cpu", cpu_threads=None, batch_size=4):
+    """Confusion-matrix metrics of an in-memory model on decoded val pairs (one process)."""
+    from .. import storage
+    from ..data.dataset import decode_label
+    from ..data.image import decode_image
+
+    predictor = Predictor.from_layer(net, "model", class_names, device=device, cpu_threads=cpu_threads)
+    cm = ConfusionMatrix(len(class_names))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        images = [decode_image(storage.read_bytes(r["image"]), r["image"]) for r in chunk]
+        labels = [decode_label(storage.read_bytes(r["label"]), r["label"]) for r in chunk]
+        for mask, label in zip(predictor.predict(images), labels):
+            cm.update(mask, label)
+    return cm.metrics(class_names)
+
+
+def optimizer_state_by_structure(opt_state, net, to_structure=True):
+    """Rename optimizer state keys between Paddle's generated parameter names
+    ('conv2d_51.w_0_velocity_0') and state_dict names ('backbone.features.0.conv.weight_velocity_0').
+    Generated names depend on how many layers the process built before, so a checkpoint keyed by
+    them cannot be loaded into a model built elsewhere."""
+    pairs = [(p.name, k) for k, p in net.named_parameters()]
+    if not to_structure:
+        pairs = [(k, n) for n, k in pairs]
+    pairs.sort(key=lambda pair: -len(pair[0]))  # longest first: 'w_10' must not match as 'w_1'
+    renamed = {}
+    for key, value in opt_state.items():
+        new = key
+        for old_prefix, new_prefix in pairs:
+            if key.startswith(old_prefix + "_"):
+                new = new_prefix + key[len(old_prefix):]
+                break
+        renamed[new] = value
+    return renamed
+
+
+def save_state(folder, net, opt, model_name, class_names, state):
+    save_checkpoint(net, folder, model_name, class_names)
+    paddle.save(optimizer_state_by_structure(opt.state_dict(), net), os.path.join(folder, "model.pdopt"))
+    with open(os.path.join(folder, STATE_FILE), "w") as f:
+        json.dump(state, f, indent=2)
+
+
+def load_state(folder, net, opt):
+    """Restore model, optimizer (momentum buffers) and loop state from a checkpoint folder."""
+    load_weights(net, os.path.join(folder, "model.pdparams"))
+    opt.set_state_dict(optimizer_state_by_structure(paddle.load(os.path.join(folder, "model.pdopt")), net, to_structure=False))
+    with open(os.path.join(folder, STATE_FILE)) as f:
+        return json.load(f)
+
+
+def class_names_for(cfg):
+    names = read_class_names(cfg.Global.dataset_dir)
+    return names if names else default_class_names(cfg.Train.num_classes)
+
+
+def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None, device="cpu", cpu_threads=None):
+    """Train Global.model on Global.dataset_dir for Train.epochs_iters iterations.
+
+    batches: an iterator of (x (N, 3, h, w) float32, y (N, h, w) int64); default: this process
+    reads and augments Global.dataset_dir itself. report(metrics, checkpoint_dir or None) is called
+    by every rank at every evaluation (Ray Train's report is a barrier). resume_dir: a checkpoint
+    folder to continue from (Train.resume_path is used when it is None). cpu_threads: Paddle's
+    CPU threads (default: every core this process may use; paddle's import pins it to 1).
+    """
+    t = cfg.Train
+    out = cfg.Global.output
+    is_main = rank == 0
+    if is_main:
+        _setup_logging(out)
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            f.write(cfg.to_yaml())
+    paddle.set_device(device)
+    if device == "cpu":
+        paddle.base.core.set_num_threads(cpu_threads or default_cpu_threads())
+    paddle.seed(t.seed + rank)
+    class_names = class_names_for(cfg)
+    net = build_model(cfg.Global.model, t.num_classes)
+    head_prefixes = getattr(net, "classifier_prefixes", ())
+    if t.pretrain_weight_path and not (resume_dir or t.resume_path):
+        log.info("pretrained weights %s loaded: %s", t.pretrain_weight_path, load_pretrained(net, t.pretrain_weight_path, head_prefixes))
+    model = net
+    if world_size > 1:
+        if device.startswith("gpu"):
+            net = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        model = paddle.DataParallel(net)
+    opt = paddle.optimizer.Momentum(learning_rate=t.learning_rate, momentum=t.momentum, parameters=net.parameters(),
+                                    weight_decay=t.weight_decay)
+    state = {"iter": 0, "best_mIoU": -1.0, "best_iter": None}
+    resume_dir = resume_dir or t.resume_path
+    if resume_dir:
+        state = load_state(resume_dir, net, opt)
+        log.info("resumed from %s at iteration %d", resume_dir, state["iter"])
+    spec = AugmentSpec.from_train(t)
+    if batches is None:
+        batches = local_batches(split_rows(cfg.Global.dataset_dir, "train"), spec, t.batch_size, seed=t.seed)
+    val_rows = split_rows(cfg.Global.dataset_dir, "val") if is_main else []
+    amp = t.amp and device.startswith("gpu")
+    scaler = paddle.amp.GradScaler(enable=amp, init_loss_scaling=1024)
+
+    set_train_mode(net, t.freeze_bn)
+    # images/s counts training steps only: the clock starts after the first step (data pipeline
+    # and kernel warm-up) and stops while evaluating and saving
+    start_iter, tic, seen, paused = state["iter"], None, 0, 0.0
+    for it in range(start_iter, t.epochs_iters):
+        lr = lr_at(it, t.learning_rate, t.epochs_iters, t.warmup_steps, t.lr_power)
+        opt.set_lr(lr)
+        x, y = next(batches)
+        with paddle.amp.auto_cast(enable=amp, level="O1"):
+            logits = model(paddle.to_tensor(x))
+            loss = segmentation_loss(logits, paddle.to_tensor(y), t.loss, t.ohem_min_kept)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.clear_grad()
+        done = it + 1
+        if tic is None:
+            tic = time.perf_counter()
+        else:
+            seen += len(x)
+        if is_main and (done % t.log_interval == 0 or done == t.epochs_iters):
+            elapsed = max(time.perf_counter() - tic - paused, 1e-9)
+            ips = seen * world_size / elapsed
+            eta = (t.epochs_iters - done) * elapsed / max(done - start_iter - 1, 1)
+            # loss.item() is a host-device sync point; only paid every log_interval
+            log.info("iter %d/%d loss %.4f lr %.6f images/s %.2f eta %s", done, t.epochs_iters, loss.item(), lr, ips,
+                     time.strftime("%H:%M:%S", time.gmtime(eta)))
+        if done % t.eval_interval == 0 or done == t.epochs_iters:
+            pause_start = time.perf_counter()
+            metrics, ckpt = {"iter": done}, None
+            if is_main:
+                metrics.update(_evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device, cpu_threads))
+                ckpt = os.path.join(out, f"iter_{done}")
+                set_train_mode(net, t.freeze_bn)
+            if report:
+                report(metrics, ckpt)
+            paused += time.perf_counter() - pause_start
+    in_sync = workers_in_sync(net, world_size)
+    if is_main:
+        elapsed = max(time.perf_counter() - (tic or time.perf_counter()) - paused, 1e-9)
+        result = {
+            "done_flag": True,
+            "iters": t.epochs_iters,
+            "best_iter": state["best_iter"],
+            "best_metrics": state.get("best_metrics"),
+            "train_time_s": round(elapsed, 1),  # training steps only
+            "images_per_s": round(seen * world_size / elapsed, 3),
+            "workers": world_size,
+            "workers_in_sync": in_sync,
+            "paths": {"best_model": os.path.join(out, "best_model"), "inference": os.path.join(out, "best_model", "inference"),
+                      "train_log": os.path.join(out, "train.log"), "config": os.path.join(out, "config.yaml")},
+        }
+        with open(os.path.join(out, "train_result.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        return result
+    return None
+
+
+def workers_in_sync(net, world_size):
+    """True when every rank holds the same trainable parameters (compared by checksum): a cheap
+    end-of-run check that data parallelism kept the replicas identical."""
+    if world_size < 2:
+        return True
+    import paddle.distributed as dist
+
+    checksum = paddle.to_tensor([float(sum(float(p.astype("float64").abs().sum()) for p in net.parameters() if p.trainable))], dtype="float64")
+    lo, hi = checksum.clone(), checksum.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return hi.item() == lo.item()
+
+
+def _evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device, cpu_threads):
+    out, t = cfg.Global.output, cfg.Train
+    net.eval()
+    metrics = evaluate_layer(net, val_rows, class_names, device, cpu_threads) if val_rows else {"mIoU": None}
+    log.info("iter %d val mIoU %s pixel accuracy %s", done, _fmt(metrics["mIoU"]), _fmt(metrics.get("pixel_accuracy")))
+    state["iter"] = done
+    miou = metrics["mIoU"] if metrics["mIoU"] is not None else -1.0
+    is_best = miou > state["best_mIoU"]
+    if is_best:
+        state.update(best_mIoU=miou, best_iter=done, best_metrics={k: v for k, v in metrics.items() if not k.startswith("class_")})
+    folder = os.path.join(out, f"iter_{done}")
+    save_state(folder, net, opt, cfg.Global.model, class_names, state)
+    if is_best:
+        best = os.path.join(out, "best_model")
+        shutil.rmtree(best, ignore_errors=True)
+        shutil.copytree(folder, best)
+        export_model(net, os.path.join(best, "inference"), cfg.Global.model, class_names)
+        log.info("new best model (mIoU %s) at iteration %d", _fmt(miou), done)
+    old = sorted((int(d.split("_")[1]) for d in os.listdir(out) if d.startswith("iter_")), reverse=True)[t.keep_checkpoints:]
+    for n in old:
+        shutil.rmtree(os.path.join(out, f"iter_{n}"), ignore_errors=True)
+    return {"mIoU": metrics["mIoU"], "pixel_accuracy": metrics.get("pixel_accuracy"), "best_mIoU": state["best_mIoU"]}
+
+
+def _fmt(v):
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _setup_logging(out):
+    """This run's log goes to out/train.log and the console (replacing an earlier run's handlers)."""
+    os.makedirs(out, exist_ok=True)
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s")
+    for handler in (logging.FileHandler(os.path.join(out, "train.log")), logging.StreamHandler()):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+__all__ = ["train", "lr_at", "evaluate_layer"]

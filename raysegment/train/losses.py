@@ -1,0 +1,46 @@
+"""Losses over logits (N, C, H, W) and labels (N, H, W) int64, 255 ignored."""
+
+import paddle
+import paddle.nn.functional as F
+
+IGNORE_INDEX = 255
+
+
+def cross_entropy(logits, label):
+    """Mean over the labelled pixels."""
+    return F.cross_entropy(logits, label, axis=1, ignore_index=IGNORE_INDEX, reduction="mean")
+
+
+def ohem_cross_entropy(logits, label, thresh=0.7, min_kept=130000):
+    """Online hard example mining (PaddleSeg's OhemCrossEntropyLoss): average the loss over the
+    pixels whose true-class probability is below max(thresh, the min_kept-th smallest probability)."""
+    n, c, h, w = logits.shape
+    flat_label = label.reshape([-1])
+    valid = flat_label != IGNORE_INDEX
+    pixel_loss = F.cross_entropy(logits, label, axis=1, ignore_index=IGNORE_INDEX, reduction="none").reshape([-1])
+    num_valid = int(valid.astype("int64").sum())  # host-device sync point
+    if num_valid == 0:
+        return pixel_loss.sum() * 0.0
+    with paddle.no_grad():
+        prob = paddle.exp(-pixel_loss)  # probability of the true class; ignored pixels give prob 1
+        prob = paddle.where(valid, prob, paddle.ones_like(prob))
+        threshold = thresh
+        if min_kept > 0:
+            k = min(num_valid, min_kept)
+            kth = paddle.sort(prob)[k - 1]
+            threshold = max(float(kth), thresh)
+        keep = (prob < threshold) & valid
+        keep_count = keep.astype("float32").sum()
+    kept_loss = (pixel_loss * keep.astype(pixel_loss.dtype)).sum()
+    return kept_loss / paddle.clip(keep_count, min=1.0)
+
+
+LOSSES = {"ohem": ohem_cross_entropy, "ce": cross_entropy}
+
+
+def segmentation_loss(logit_list, label, kind="ohem", ohem_min_kept=130000, coefs=None):
+    """Sum of the loss over every head's logits (PP-LiteSeg trains all three), weighted by coefs."""
+    fn = LOSSES[kind]
+    coefs = coefs or [1.0] * len(logit_list)
+    kw = {"min_kept": ohem_min_kept} if kind == "ohem" else {}
+    return sum(coef * fn(logits, label, **kw) for coef, logits in zip(coefs, logit_list))

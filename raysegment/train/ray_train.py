@@ -1,0 +1,167 @@
+"""Ray Train (V2) adapter around `train(cfg)`: a Backend that sets up Paddle's collective
+environment on every worker, the worker function, and `fit(cfg)`.
+
+Paddle's `init_parallel_env()` reads its world from environment variables that a launcher
+(`paddle.distributed.launch`) would set; the backend sets the same ones per rank before the
+training function runs: PADDLE_TRAINER_ID / _TRAINERS_NUM / _TRAINER_ENDPOINTS /
+_CURRENT_ENDPOINT, MASTER_ADDR / MASTER_PORT (its TCP store) and PADDLE_DISTRI_BACKEND
+(gloo on CPU, nccl on GPU). Backend hooks run in Ray Train's controller, so this module must be
+importable on every node (it is: it is part of the package).
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+from ray.train.backend import Backend, BackendConfig
+
+from .data import ray_dataset, shard_batches
+from .loop import train
+
+
+@dataclass
+class PaddleConfig(BackendConfig):
+    use_gpu: bool = False
+
+    @property
+    def backend_cls(self):
+        return _PaddleBackend
+
+
+def _set_env(env):
+    os.environ.update(env)
+
+
+class _PaddleBackend(Backend):
+    def on_start(self, worker_group, backend_config):
+        import ray
+        from ray.train._internal.utils import get_address_and_port
+
+        n = len(worker_group)
+        if n < 2:
+            return
+        addresses = worker_group.execute(get_address_and_port)  # [(ip, free port)] per rank
+        endpoints = [f"{ip}:{port}" for ip, port in addresses]
+        master_ip, master_port = worker_group.execute_single(0, get_address_and_port)
+        common = {
+            "PADDLE_TRAINERS_NUM": str(n),
+            "PADDLE_TRAINER_ENDPOINTS": ",".join(endpoints),
+            "MASTER_ADDR": master_ip,
+            "MASTER_PORT": str(master_port),
+            "PADDLE_DISTRI_BACKEND": "nccl" if backend_config.use_gpu else "gloo",
+        }
+        if backend_config.use_gpu:
+            common["FLAGS_selected_gpus"] = "0"  # Ray gives each worker its GPU as CUDA_VISIBLE_DEVICES
+        ray.get([
+            worker_group.execute_single_async(rank, _set_env, {**common, "PADDLE_TRAINER_ID": str(rank), "PADDLE_CURRENT_ENDPOINT": endpoints[rank]})
+            for rank in range(n)
+        ])
+
+
+def _worker(config):
+    """Runs on every Ray Train worker: Paddle collectives, the data shard, then train(cfg)."""
+    import paddle
+    import ray.train
+
+    cfg, use_gpu = config["cfg"], config["use_gpu"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if world > 1:
+        paddle.distributed.init_parallel_env()
+    checkpoint = ray.train.get_checkpoint()  # set after a worker failure, or when rerun into the same output
+    resume_dir = checkpoint.to_directory() if checkpoint else None
+
+    def report(metrics, checkpoint_dir):
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
+
+    batches = shard_batches(ray.train.get_dataset_shard("train"), cfg.Train.batch_size)
+    train(cfg, batches, rank, world, report, resume_dir, device="gpu:0" if use_gpu else "cpu",
+          cpu_threads=max(int(cfg.Ray.cpus_per_worker), 1))
+
+
+def validate(cfg, num_workers):
+    """Config and dataset problems, found before any worker starts."""
+    from ..data.dataset import read_class_names
+    from .data import split_rows
+
+    t, g = cfg.Train, cfg.Global
+    if not g.model:
+        raise ValueError("set Global.model (the config file usually does)")
+    if not g.dataset_dir:
+        raise ValueError("set Global.dataset_dir to a SegDataset folder or s3:// prefix")
+    if not t.num_classes:
+        raise ValueError("set Train.num_classes to the number of classes in the dataset")
+    names = read_class_names(g.dataset_dir)
+    if names and len(names) != t.num_classes:
+        raise ValueError(f"Train.num_classes is {t.num_classes} but {g.dataset_dir}/labels.txt names {len(names)} classes")
+    rows = split_rows(g.dataset_dir, "train")
+    workers = max(num_workers, 1)
+    if len(rows) < t.batch_size * workers:
+        raise ValueError(f"the train split has {len(rows)} pairs, fewer than one global batch "
+                         f"(Train.batch_size {t.batch_size} x {workers} workers)")
+    if t.resume_path and not os.path.isfile(os.path.join(t.resume_path, "train_state.json")):
+        raise ValueError(f"Train.resume_path {t.resume_path!r} is not a training checkpoint (no train_state.json)")
+    return rows
+
+
+def workers_and_gpu(cfg):
+    """(num_workers, use_gpu) from Global.device and the Ray section, as PaddleX users expect:
+    gpu:0,1,2,3 means four GPU workers; cpu means CPU workers (Ray.num_workers of them)."""
+    device = cfg.Global.device.strip().lower()
+    if device == "cpu":
+        if cfg.Ray.use_gpu:
+            raise ValueError("Global.device is cpu but Ray.use_gpu is true; set one of them to match the other")
+        return cfg.Ray.num_workers, False
+    kind, _, ids = device.partition(":")
+    if kind != "gpu":
+        raise ValueError(f"Global.device {cfg.Global.device!r} is not cpu, gpu or gpu:0,1,...")
+    if "," in ids:
+        return len(ids.split(",")), True
+    return max(cfg.Ray.num_workers, 1), True
+
+
+def fit(cfg):
+    """Train as the config says: on Ray Train workers, or in this process when Ray.num_workers is 0."""
+    num_workers, use_gpu = workers_and_gpu(cfg)
+    rows = validate(cfg, num_workers)
+    if num_workers == 0:
+        return train(cfg, device="gpu:0" if use_gpu else "cpu")
+
+    import ray.train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from ..batch import init_ray
+    from ..data.augment import AugmentSpec
+
+    ray_ = init_ray(cfg.Ray.address)
+    _check_resources(ray_, num_workers, use_gpu, cfg.Ray.cpus_per_worker)
+    out = os.path.abspath(cfg.Global.output)
+    os.makedirs(out, exist_ok=True)
+    trainer = DataParallelTrainer(
+        _worker,
+        train_loop_config={"cfg": cfg, "use_gpu": use_gpu},
+        backend_config=PaddleConfig(use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cfg.Ray.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        # a fixed name under the output folder: rerunning the same command resumes from the last checkpoint
+        run_config=ray.train.RunConfig(name="ray_train", storage_path=cfg.Ray.storage_path or os.path.join(out, "ray_results"),
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.Ray.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.Train.keep_checkpoints)),
+        datasets={"train": ray_dataset(rows, AugmentSpec.from_train(cfg.Train))},
+    )
+    trainer.fit()
+    with open(os.path.join(out, "train_result.json")) as f:
+        return json.load(f)
+
+
+def _check_resources(ray_, num_workers, use_gpu, cpus_per_worker):
+    """Refuse a worker group the cluster cannot hold, or that leaves no CPU for Ray Data's
+    decode/augment tasks (Ray would wait for resources forever)."""
+    total = ray_.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    if use_gpu and num_workers > gpus:
+        raise ValueError(f"{num_workers} GPU workers asked for (Global.device / Ray.num_workers) but the cluster has {gpus:g} GPUs")
+    if num_workers * cpus_per_worker > cpus - 1:
+        raise ValueError(f"{num_workers} workers x {cpus_per_worker:g} CPUs (Ray.num_workers x Ray.cpus_per_worker) leave no CPU "
+                         f"of the cluster's {cpus:g} for decoding and augmentation; lower one of them")

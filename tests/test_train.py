@@ -1,0 +1,197 @@
+"""Training: recipe pieces on tiny arrays, the plain loop, and Ray Train with 2 gloo workers."""
+
+import json
+import os
+import re
+import threading
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+import raysegment
+from conftest import make_dataset
+from raysegment.config import load_config
+from raysegment.data.augment import AugmentSpec, augment_pair
+from raysegment.models import load_weights
+from raysegment.train import lr_at, train
+from raysegment.train.losses import cross_entropy, ohem_cross_entropy
+from raysegment.train.ray_train import fit
+
+
+def tiny_cfg(root, out, *overrides):
+    return load_config(None, [
+        "Global.model=PP-LiteSeg-T", f"Global.dataset_dir={root}", f"Global.output={out}", "Train.num_classes=3",
+        "Train.epochs_iters=4", "Train.batch_size=2", "Train.crop_size=[32,32]", "Train.eval_interval=2",
+        "Train.log_interval=1", "Train.ohem_min_kept=100", "Ray.cpus_per_worker=0.5", *overrides])
+
+
+def test_lr_schedule():
+    assert lr_at(0, 0.1, 100, warmup=10) == pytest.approx(0.01)
+    assert lr_at(9, 0.1, 100, warmup=10) == pytest.approx(0.1)
+    assert lr_at(10, 0.1, 100, warmup=10) == pytest.approx(0.1)
+    assert lr_at(55, 0.1, 100, warmup=10, power=1.0) == pytest.approx(0.05)
+    assert lr_at(100, 0.1, 100) == 0.0
+
+
+def test_augmentation_keeps_labels_exact_and_aligned():
+    rng = np.random.default_rng(0)
+    label = np.kron(rng.integers(0, 4, (6, 8)), np.ones((16, 16), np.int64)).astype(np.uint8)  # 96 x 128 blocks
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
+    img = colours[label]
+    spec = AugmentSpec(crop_size=(80, 64), min_scale=0.5, max_scale=2.0, scale_step=0.25, distort=0.0, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    for _ in range(10):
+        x, y = augment_pair(img, label, spec, rng)
+        assert x.shape == (3, 64, 80) and y.shape == (64, 80) and y.dtype == np.int64
+        assert set(np.unique(y)) <= {0, 1, 2, 3, 255}  # nearest neighbour: no new label values
+        rgb = x.transpose(1, 2, 0)
+        labelled = y != 255
+        nearest = np.argmin(((rgb[:, :, None, :] - colours[None, None].astype(np.float32)) ** 2).sum(-1), axis=-1)
+        # bilinear image edges blur; nearly every labelled pixel must still show its class's colour
+        assert np.mean(nearest[labelled] == y[labelled]) > 0.9
+        assert np.all(x[:, ~labelled] == 127.5 * 255) or labelled.all()
+
+
+def test_ohem_keeps_hard_pixels():
+    paddle.seed(0)
+    logits = paddle.randn([2, 3, 8, 8])
+    label = paddle.randint(0, 3, [2, 8, 8])
+    # with min_kept at least every pixel and thresh 1, OHEM keeps everything: plain cross-entropy
+    assert float(ohem_cross_entropy(logits, label, thresh=1.0, min_kept=128)) == pytest.approx(float(cross_entropy(logits, label)), rel=1e-5)
+    pixel = paddle.nn.functional.cross_entropy(logits, label, axis=1, reduction="none").numpy().ravel()
+    prob = np.exp(-pixel)
+    hard = pixel[prob < 0.7]
+    assert float(ohem_cross_entropy(logits, label, thresh=0.7, min_kept=0)) == pytest.approx(hard.mean(), rel=1e-5)
+    k = 100
+    threshold = max(np.sort(prob)[k - 1], 0.7)
+    assert float(ohem_cross_entropy(logits, label, thresh=0.7, min_kept=k)) == pytest.approx(pixel[prob < threshold].mean(), rel=1e-5)
+
+
+def test_plain_loop_writes_paddlex_outputs_and_resumes(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_train=4, n_val=2)
+    out = tmp_path / "out"
+    result = train(tiny_cfg(root, out, "Train.keep_checkpoints=1"))
+    assert result["done_flag"] and result["iters"] == 4 and result["best_iter"] in (2, 4)
+    assert json.loads((out / "train_result.json").read_text()) == result
+    assert sorted(p for p in os.listdir(out) if p.startswith("iter_")) == ["iter_4"]  # keep_checkpoints=1
+    log = (out / "train.log").read_text()
+    assert "iter 4/4 loss" in log and "images/s" in log and "val mIoU" in log
+    assert load_config(str(out / "config.yaml")).Train.epochs_iters == 4
+    best = out / "best_model"
+    assert {"model.pdparams", "model.pdopt", "inference.yml", "train_state.json"} <= set(os.listdir(best))
+    model = raysegment.create_model("PP-LiteSeg-T", model_dir=str(best / "inference"))
+    assert model.predictor.class_names == ["c0", "c1", "c2"]
+    assert len(list(model.predict(str(root / "images")))) == 6
+
+    resumed = train(tiny_cfg(root, tmp_path / "out2", f"Train.resume_path={out / 'iter_4'}", "Train.epochs_iters=6"))
+    assert resumed["iters"] == 6
+    log2 = (tmp_path / "out2" / "train.log").read_text()
+    assert f"resumed from {out / 'iter_4'} at iteration 4" in log2
+    assert "iter 5/6" in log2 and "iter 4/6" not in log2  # no iteration done twice
+
+
+def test_pretrained_weights_replace_the_head_and_say_so(tmp_path, checkpoint_dir):
+    root = make_dataset(tmp_path / "ds", n_train=2, n_val=1, num_classes=5)
+    cfg = tiny_cfg(root, tmp_path / "out", "Train.num_classes=5", "Train.epochs_iters=1",
+                   f"Train.pretrain_weight_path={checkpoint_dir}/model.pdparams")
+    train(cfg)
+    assert "classifier replaced: seg_heads.0.conv_out.weight" in (tmp_path / "out" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("Train.num_classes=4", "Train.num_classes is 4 but .*labels.txt names 3 classes"),
+    ("Train.batch_size=8", "the train split has 4 pairs, fewer than one global batch"),
+    ("Global.dataset_dir=/no/such/dataset", "missing list file"),
+    ("Train.resume_path=/no/such/ckpt", "is not a training checkpoint"),
+])
+def test_bad_training_configs_fail_before_any_worker(tmp_path, override, match):
+    root = make_dataset(tmp_path / "ds", n_train=4, n_val=1)
+    with pytest.raises(ValueError, match=match):
+        fit(tiny_cfg(root, tmp_path / "out", override))
+    assert not (tmp_path / "out" / "ray_results").exists()
+
+
+def decomposable_cfg(root, out, workers, batch):
+    """No random augmentation, frozen BatchNorm and plain cross-entropy: the loss decomposes over
+    samples, so 2 workers x 2 images must equal 1 worker x 4 images."""
+    return tiny_cfg(root, out, f"Ray.num_workers={workers}", f"Train.batch_size={batch}", "Train.epochs_iters=3",
+                    "Train.eval_interval=3", "Train.crop_size=[48,32]", "Train.min_scale=1", "Train.max_scale=1",
+                    "Train.flip=false", "Train.distort=0", "Train.freeze_bn=true", "Train.loss=ce", "Train.learning_rate=0.05")
+
+
+def test_two_gloo_workers_match_one_worker_on_the_union(tmp_path, ray_local):
+    root = make_dataset(tmp_path / "ds", n_train=4, n_val=1)  # one global batch per iteration
+    two = fit(decomposable_cfg(root, tmp_path / "two", workers=2, batch=2))
+    one = fit(decomposable_cfg(root, tmp_path / "one", workers=1, batch=4))
+    assert two["workers"] == 2 and two["workers_in_sync"] is True
+    a = paddle.load(str(tmp_path / "two" / "iter_3" / "model.pdparams"))
+    b = paddle.load(str(tmp_path / "one" / "iter_3" / "model.pdparams"))
+    init = raysegment.build_model("PP-LiteSeg-T", 3).state_dict()
+    moved = 0
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-4, atol=1e-6, err_msg=key)
+        moved += not np.allclose(a[key].numpy(), init[key].numpy())
+    assert moved > 100  # training really changed the weights
+
+
+def train_worker_pids():
+    """PIDs of live Ray Train worker processes, found by their process title (ray::RayTrainWorker...)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"RayTrainWorker" in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def test_killed_worker_resumes_to_the_final_iteration(tmp_path, ray_local):
+    root = make_dataset(tmp_path / "ds", n_train=4, n_val=1, size=(96, 128))
+    out = tmp_path / "out"
+    cfg = tiny_cfg(root, out, "Ray.num_workers=1", "Train.epochs_iters=30", "Train.eval_interval=5", "Train.crop_size=[96,96]",
+                   "Ray.max_failures=2", "Train.keep_checkpoints=10")
+    killed = []
+
+    def kill_after_first_checkpoint():
+        # ray.train.report is synchronous: once iter_10 is being written, the iteration-5
+        # checkpoint has been persisted and registered
+        deadline = time.time() + 240
+        while time.time() < deadline and not (out / "iter_10" / "train_state.json").exists():
+            time.sleep(0.2)
+        for pid in train_worker_pids():
+            os.kill(pid, 9)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer.start()
+    result = fit(cfg)
+    killer.join()
+    assert killed, "no training worker was found to kill"
+    assert result["iters"] == 30 and result["done_flag"]
+    log = (out / "train.log").read_text()
+    match = re.search(r"resumed from \S+ at iteration (\d+)", log)
+    assert match, log
+    resumed_at, after = int(match.group(1)), log[match.end():]
+    assert resumed_at >= 5 and f"iter {resumed_at + 1}/30 loss" in after and "iter 30/30" in after
+    redone = [int(n) for n in re.findall(r"iter (\d+)/30 loss", after) if int(n) <= resumed_at]
+    assert redone == [], f"iterations done twice: {redone}"
+
+
+def test_optimizer_state_round_trips_between_model_instances():
+    from raysegment.train.loop import optimizer_state_by_structure
+
+    a = raysegment.build_model("PP-LiteSeg-T", 3)
+    b = raysegment.build_model("PP-LiteSeg-T", 3)  # same structure, other generated parameter names
+    opt_a = paddle.optimizer.Momentum(0.1, parameters=a.parameters())
+    a(paddle.rand([1, 3, 32, 32]))[0].mean().backward()
+    opt_a.step()
+    saved = optimizer_state_by_structure(opt_a.state_dict(), a)
+    assert "backbone.features.0.conv.weight_velocity_0" in saved
+    opt_b = paddle.optimizer.Momentum(0.1, parameters=b.parameters())
+    opt_b.set_state_dict(optimizer_state_by_structure(saved, b, to_structure=False))
+    pa = dict(a.named_parameters())["seg_heads.0.conv_out.weight"]
+    pb = dict(b.named_parameters())["seg_heads.0.conv_out.weight"]
+    np.testing.assert_array_equal(opt_a.state_dict()[f"{pa.name}_velocity_0"].numpy(), opt_b.state_dict()[f"{pb.name}_velocity_0"].numpy())
