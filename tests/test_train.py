@@ -195,3 +195,17 @@ def test_optimizer_state_round_trips_between_model_instances():
     pa = dict(a.named_parameters())["seg_heads.0.conv_out.weight"]
     pb = dict(b.named_parameters())["seg_heads.0.conv_out.weight"]
     np.testing.assert_array_equal(opt_a.state_dict()[f"{pa.name}_velocity_0"].numpy(), opt_b.state_dict()[f"{pb.name}_velocity_0"].numpy())
+
+
+def test_backbone_only_pretrained_weights(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_train=2, n_val=1)
+    donor = raysegment.build_model("PP-LiteSeg-T", 3)
+    path = str(tmp_path / "stdc1.pdparams")
+    paddle.save(donor.backbone.state_dict(), path)  # keys without 'backbone.', as ImageNet backbones ship
+    cfg = tiny_cfg(root, tmp_path / "out", "Train.epochs_iters=1", f"Train.pretrain_weight_path={path}")
+    train(cfg)
+    assert f"pretrained weights {path} loaded: backbone" in (tmp_path / "out" / "train.log").read_text()
+    bad = str(tmp_path / "bad.pdparams")
+    paddle.save({"not.a.key": paddle.zeros([1])}, bad)
+    with pytest.raises(raysegment.models.WeightsError, match="as backbone weights"):
+        train(tiny_cfg(root, tmp_path / "out2", "Train.epochs_iters=1", f"Train.pretrain_weight_path={bad}"))
