@@ -1,13 +1,16 @@
-"""Segment images with an exported model or checkpoint and save PaddleX-style results.
+"""Bulk prediction on Ray Data: folders, globs, URL lists and s3:// prefixes in, masks and JSON out.
 
-    python jobs/predict.py --model-dir output/best_model/inference --input images/ --output output/predict
-    python jobs/predict.py -c configs/PP-LiteSeg-T.yaml -o Predict.model_dir=... -o Predict.input=... \
-        -o Predict.output=...
+    python jobs/predict.py --model-dir output/best_model/inference --input images/ --output output/masks
+    ray job submit --working-dir . -- python jobs/predict.py --model-dir s3://.../inference \
+        --input s3://bucket/images/ --output s3://bucket/masks/ -o Ray.predict_concurrency=8 -o Ray.gpus_per_actor=1
+    python jobs/predict.py -c configs/PP-LiteSeg-T.yaml -o Predict.model_dir=... -o Predict.input=... -o Predict.output=...
 
---input takes a file, a directory (recursively), an http(s) URL or an s3:// URI or prefix.
-For every image it writes <stem>_res.png (colour mask) and <stem>_res.json (compact JSON whose
-`pred` is the label map as a base64 lossless PNG). This version runs in one process; the Ray Data
-bulk job (raysegment.batch) replaces it for large inputs.
+--input is repeatable: a folder (recursive), a glob, an image file, a .txt of URIs (one a line),
+an s3:// prefix or key, or an http(s) URL. For OUT/a/b/img.png (label map), OUT/a/b/img.json
+(size, model, class names, per-class pixel counts, timings) per input, plus OUT/_manifest.jsonl,
+OUT/_errors.jsonl and OUT/_SUCCESS.json. A bad input is recorded and the job goes on; a rerun
+skips what is done. Exit code 0 when every input is done, 3 when some are errors.
+Same as `python -m raysegment -c CONFIG -o Global.mode=predict ...`.
 """
 
 import argparse
@@ -16,30 +19,35 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: E402
-
-FLAGS = {"model_dir": "Predict.model_dir", "input": "Predict.input", "output": "Predict.output",
-         "batch_size": "Predict.batch_size", "device": "Global.device"}
+from raysegment.cli import add_config_arguments, config_from_args, report_bulk, run  # noqa: E402
 
 
 def main(argv=None):
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--model-dir", help="exported inference folder or checkpoint (Predict.model_dir)")
-    parser.add_argument("--input", help="file, directory, URL or s3:// URI (Predict.input)")
-    parser.add_argument("--output", help="output folder (Predict.output)")
-    parser.add_argument("--batch-size", type=int, help="images per forward pass (Predict.batch_size)")
-    parser.add_argument("--device", help="cpu, gpu or gpu:N (Global.device)")
+    parser.add_argument("--input", action="append", help="input (Predict.input); repeatable")
+    parser.add_argument("--output", help="output folder or s3:// prefix (Predict.output)")
+    parser.add_argument("--batch-size", type=int, help="images per actor call (Ray.predict_batch_size)")
+    parser.add_argument("--visualize", action="store_true", help="also write <name>_vis.jpg overlays")
     args = parser.parse_args(argv)
-    args.override += [f"{key}={getattr(args, flag)}" for flag, key in FLAGS.items() if getattr(args, flag) is not None]
+    for flag, key in (("model_dir", "Predict.model_dir"), ("output", "Predict.output"), ("batch_size", "Ray.predict_batch_size")):
+        if getattr(args, flag) is not None:
+            args.override.append(f"{key}={getattr(args, flag)}")
+    if args.visualize:
+        args.override.append("Predict.save_visualization=true")
     cfg = config_from_args(args, parser)
+    if args.input:
+        cfg.Predict.input = args.input  # kept as given: paths are not YAML
     if not cfg.Predict.model_dir or not cfg.Predict.input:
         parser.error("pass --model-dir and --input (or Predict.model_dir and Predict.input)")
 
-    from raysegment.infer.model import predict_from_config
+    from raysegment.batch import predict_from_config
 
-    n, seconds, name = predict_from_config(cfg)
-    print(f"segmented {n} images with {name} in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} images/s); "
-          f"results in {os.path.abspath(cfg.Predict.output)}")
+    sys.exit(report_bulk(predict_from_config(cfg, progress=print_progress)))
+
+
+def print_progress(done, total, seconds):
+    print(f"\r{done}/{total} images, {done / max(seconds, 1e-9):.2f} images/s", end="", flush=True)
 
 
 if __name__ == "__main__":

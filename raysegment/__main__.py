@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .cli import add_config_arguments, config_from_args, report_check, report_evaluation, run
+from .cli import add_config_arguments, config_from_args, report_bulk, report_check, report_evaluation, run
 
 
 def main(argv=None):
@@ -27,10 +27,9 @@ def main(argv=None):
 
         report_evaluation(evaluate_from_config(cfg), cfg.Global.output)
     elif mode == "predict":
-        from .infer.model import predict_from_config
+        from .batch import predict_from_config
 
-        n, seconds, name = predict_from_config(cfg)
-        print(f"segmented {n} images with {name} in {seconds:.1f} s; results in {cfg.Predict.output}")
+        sys.exit(report_bulk(predict_from_config(cfg)))
     elif mode == "train":
         from .train.ray_train import fit
 

@@ -6,7 +6,11 @@ a whole read task on one corrupt file); one Predictor per actor does the forward
 
 import json
 import os
+import time
+import uuid
+from urllib.parse import urlparse
 
+import cv2
 import numpy as np
 
 from . import storage
@@ -144,3 +148,242 @@ def evaluate_from_config(cfg):
     result = {"done_flag": True, **result, "model_dir": model_dir, "dataset_dir": cfg.Global.dataset_dir, "split": "val"}
     storage.write_bytes(os.path.join(cfg.Global.output, "evaluate_result.json"), json.dumps(result, indent=2).encode())
     return result
+
+
+# ---- bulk prediction ------------------------------------------------------------------------
+#
+# OUT/<rel stem>.png       single-channel label map (palette PNG), lossless
+# OUT/<rel stem>.json      source URI, size, model, class names, per-class pixel counts, timings
+# OUT/<rel stem>_vis.jpg   overlay (Predict.save_visualization)
+# OUT/_manifest.jsonl      one line per input: uri, status (done | error), outputs
+# OUT/_errors.jsonl        uri, error type, message
+# OUT/_SUCCESS.json        counts, throughput, model, config
+# While a job runs, manifest and error lines go to OUT/_parts/ (one file per batch, written as
+# results arrive); the end of the job merges them. A rerun skips every input already listed.
+
+PARTS = "_parts"
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def _rel_for_url(url):
+    parsed = urlparse(url)
+    return f"{parsed.netloc.replace(':', '_')}{parsed.path}".strip("/") or "url"
+
+
+def list_inputs(inputs):
+    """Yield {"uri", "rel"} for every image: local folders (recursive), globs, files, text files of
+    URIs (.txt/.lst, one a line), s3:// prefixes or keys and http(s) URLs, or a list of these.
+    `rel` is the path under the input root that the outputs mirror."""
+    import glob as globlib
+
+    for spec in [inputs] if isinstance(inputs, str) else inputs:
+        if storage.is_url(spec):
+            yield {"uri": spec, "rel": _rel_for_url(spec)}
+        elif storage.is_s3(spec):
+            if storage.is_image_name(spec):
+                yield {"uri": spec, "rel": spec.rsplit("/", 1)[-1]}
+            else:
+                prefix = spec.rstrip("/") + "/"
+                for uri in storage.list_images(prefix):
+                    yield {"uri": uri, "rel": uri[len(prefix):]}
+        elif spec.lower().endswith(LIST_SUFFIXES) and os.path.isfile(spec):
+            for line in storage.read_bytes(spec).decode("utf-8").splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    yield from list_inputs(line.strip())
+        elif os.path.isdir(spec):
+            for path in storage.list_images(spec):
+                yield {"uri": path, "rel": os.path.relpath(path, spec).replace(os.sep, "/")}
+        elif any(c in spec for c in "*?["):
+            root = spec[: min(spec.index(c) for c in "*?[" if c in spec)].rsplit("/", 1)[0] or "."
+            for path in sorted(globlib.glob(spec, recursive=True)):
+                if storage.is_image_name(path):
+                    yield {"uri": path, "rel": os.path.relpath(path, root).replace(os.sep, "/")}
+        else:
+            yield {"uri": spec, "rel": os.path.basename(spec)}  # a file; a missing one becomes an error row
+
+
+def read_images(batch, max_pixels, max_bytes):
+    """Ray Data task: URIs -> decoded RGB images; a row that fails keeps its error and a 1x1 image."""
+    images, errors, seconds = [], [], []
+    for uri in batch["uri"]:
+        start = time.perf_counter()
+        try:
+            images.append(decode_image(storage.read_bytes(uri, max_bytes=max_bytes), name=uri, max_pixels=max_pixels))
+            errors.append("")
+        except (ImageError, storage.StorageError) as e:
+            images.append(np.zeros((1, 1, 3), np.uint8))
+            errors.append(f"{type(e).__name__}: {e}")
+        seconds.append(time.perf_counter() - start)
+    return {**batch, "image": _ragged(images), "error": np.array(errors, dtype=object), "read_s": np.array(seconds)}
+
+
+class PredictActor(PredictorActor):
+    """Label maps for the good rows of a batch; the images do not travel further."""
+
+    def __init__(self, model_dir, with_images=False, **kw):
+        super().__init__(model_dir, **kw)
+        self.with_images = with_images
+
+    def __call__(self, batch):
+        good = [i for i, e in enumerate(batch["error"]) if not e]
+        start = time.perf_counter()
+        masks = self.predictor.predict([batch["image"][i] for i in good]) if good else []
+        per_image = (time.perf_counter() - start) / max(len(good), 1)
+        out = [np.zeros((1, 1), np.uint8)] * len(batch["uri"])
+        for i, mask in zip(good, masks):
+            out[i] = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
+        # the images travel on only when an overlay is to be drawn
+        keep = {k: v for k, v in batch.items() if k != "image" or self.with_images}
+        return {**keep, "mask": _ragged(out), "infer_s": np.full(len(out), per_image)}
+
+
+def write_outputs(batch, output, model_name, class_names, visualize):
+    """Ray Data task: write each good row's mask PNG and JSON (each file atomically); return only
+    the manifest fields, so nothing large reaches the driver."""
+    from .data.visualize import encode_label_png, overlay
+
+    status, outputs = [], []
+    for i, (uri, rel, error) in enumerate(zip(batch["uri"], batch["rel"], batch["error"])):
+        if error:
+            status.append("error")
+            outputs.append("[]")
+            continue
+        stem = os.path.splitext(rel)[0]
+        mask = batch["mask"][i]
+        counts = np.bincount(mask.ravel(), minlength=len(class_names))
+        names = class_names or [f"class_{k}" for k in range(len(counts))]
+        files = [f"{stem}.png", f"{stem}.json"]
+        storage.write_bytes(storage.join(output, files[0]), encode_label_png(mask))
+        meta = {"uri": str(uri), "width": int(mask.shape[1]), "height": int(mask.shape[0]), "model": model_name,
+                "mask": os.path.basename(files[0]), "class_names": list(names),
+                "pixel_counts": {n: int(c) for n, c in zip(names, counts) if c},
+                "timings_s": {"read_decode": round(float(batch["read_s"][i]), 4), "inference": round(float(batch["infer_s"][i]), 4)}}
+        if visualize:
+            vis = overlay(batch["image"][i], mask, ignore_index=-1)
+            files.append(f"{stem}_vis.jpg")
+            storage.write_bytes(storage.join(output, files[2]), cv2.imencode(".jpg", cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))[1].tobytes())
+        storage.write_bytes(storage.join(output, files[1]), json.dumps(meta).encode())
+        status.append("done")
+        outputs.append(json.dumps(files))
+    return {"uri": batch["uri"], "rel": batch["rel"], "status": np.array(status, dtype=object),
+            "outputs": np.array(outputs, dtype=object), "error": batch["error"]}
+
+
+def _read_jsonl(uri):
+    return [json.loads(line) for line in storage.read_bytes(uri).decode("utf-8").splitlines() if line.strip()]
+
+
+def previous_results(output):
+    """Manifest and error lines already written into `output` (merged files and unmerged parts)."""
+    manifest, errors = [], []
+    for name, into in (("_manifest.jsonl", manifest), ("_errors.jsonl", errors)):
+        if storage.exists(storage.join(output, name)):
+            into += _read_jsonl(storage.join(output, name))
+    for part in _list_parts(output):
+        (errors if part.rsplit("/", 1)[-1].startswith("errors-") else manifest).extend(_read_jsonl(part))
+    return manifest, errors
+
+
+def _has_parts(output):
+    return storage.is_s3(output) or os.path.isdir(storage.join(output, PARTS))
+
+
+def _list_parts(output):
+    return storage.list_files(storage.join(output, PARTS), (".jsonl",)) if _has_parts(output) else []
+
+
+def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpus=1.0, num_gpus=0.0,
+                 device=None, target_size=None, max_pixels=None, max_bytes=None, visualize=False,
+                 ray_address=None, config=None, progress=None):
+    """Segment every input image into `output` (local folder or s3:// prefix); returns the summary
+    also written to OUT/_SUCCESS.json. Inputs already in the manifest are skipped."""
+    from .infer.model_files import read_model_folder
+
+    info = read_model_folder(model_dir)
+    ray = init_ray(ray_address)
+    check_actor_resources(ray, concurrency, num_cpus, num_gpus)
+    started = time.perf_counter()
+    manifest, errors = previous_results(output)
+    seen = {m["uri"] for m in manifest}
+    # outputs already written keep their names: a new input may not overwrite them
+    rels = {os.path.splitext(m["outputs"][0])[0]: m["uri"] for m in manifest if m["outputs"]}
+    rows, collisions = [], []
+    for item in list_inputs(inputs):
+        if item["uri"] in seen:
+            continue
+        seen.add(item["uri"])
+        stem = os.path.splitext(item["rel"])[0]
+        if stem in rels:
+            collisions.append({"uri": item["uri"], "status": "error", "outputs": []})
+            errors.append({"uri": item["uri"], "error": "OutputCollision",
+                           "message": f"its outputs {stem}.png/.json would overwrite those of {rels[stem]}; rename one of them"})
+            continue
+        rels[stem] = item["uri"]
+        rows.append(item)
+    skipped = len(manifest)
+    new_manifest, new_errors = collisions, [e for e in errors if e["uri"] in {c["uri"] for c in collisions}]
+    _write_part(output, "manifest", new_manifest)
+    _write_part(output, "errors", new_errors)
+    processed = len(collisions)  # inputs recorded by this run, as done or as errors
+    if rows:
+        actor_kw = {"device": device or ("gpu" if num_gpus else "cpu"), "cpu_threads": max(int(num_cpus), 1),
+                    "target_size": target_size, "with_images": visualize}
+        ds = (
+            ray.data.from_items(rows)
+            .map_batches(read_images, fn_kwargs={"max_pixels": max_pixels, "max_bytes": max_bytes}, batch_size=batch_size, batch_format="numpy")
+            .map_batches(PredictActor, fn_constructor_kwargs={"model_dir": model_dir, **actor_kw}, batch_size=batch_size,
+                         compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus, num_gpus=num_gpus, batch_format="numpy")
+            .map_batches(write_outputs, fn_kwargs={"output": output, "model_name": info.model_name, "class_names": info.class_names,
+                                                   "visualize": visualize}, batch_size=batch_size, batch_format="numpy")
+        )
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            lines, errs = [], []
+            for uri, status, outputs, error in zip(batch["uri"], batch["status"], batch["outputs"], batch["error"]):
+                lines.append({"uri": str(uri), "status": str(status), "outputs": json.loads(outputs)})
+                if error:
+                    kind, _, message = str(error).partition(": ")
+                    errs.append({"uri": str(uri), "error": kind, "message": message})
+            _write_part(output, "manifest", lines)  # as results arrive: a killed job loses at most this batch
+            _write_part(output, "errors", errs)
+            processed += len(lines)
+            if progress:
+                progress(processed, len(rows), time.perf_counter() - started)
+    manifest, errors = _merge_parts(output)
+    done = sum(m["status"] == "done" for m in manifest)
+    elapsed = time.perf_counter() - started
+    summary = {"inputs": len(manifest), "done": done, "errors": len(manifest) - done, "processed_this_run": processed,
+               "skipped_already_done": skipped, "seconds": round(elapsed, 2), "images_per_s": round(processed / elapsed, 3) if processed else 0.0,
+               "model": info.model_name, "model_dir": model_dir, "output": output, "config": config or {}}
+    storage.write_bytes(storage.join(output, "_SUCCESS.json"), json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _write_part(output, kind, lines):
+    if lines:
+        name = f"{kind}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.jsonl"
+        storage.write_bytes(storage.join(output, f"{PARTS}/{name}"), "".join(json.dumps(x) + "\n" for x in lines).encode())
+
+
+def _merge_parts(output):
+    """Fold the parts into _manifest.jsonl and _errors.jsonl (written whole), then remove them."""
+    manifest, errors = previous_results(output)
+    by_uri = {m["uri"]: m for m in manifest}  # a rerun after a kill between part and merge: keep one line
+    storage.write_bytes(storage.join(output, "_manifest.jsonl"), "".join(json.dumps(m) + "\n" for m in by_uri.values()).encode())
+    errs = {e["uri"]: e for e in errors}
+    storage.write_bytes(storage.join(output, "_errors.jsonl"), "".join(json.dumps(e) + "\n" for e in errs.values()).encode())
+    for part in _list_parts(output):
+        storage.delete(part)
+    if not storage.is_s3(output) and os.path.isdir(storage.join(output, PARTS)):
+        os.rmdir(storage.join(output, PARTS))
+    return list(by_uri.values()), list(errs.values())
+
+
+def predict_from_config(cfg, progress=None):
+    """Global.mode=predict: the bulk job over Predict.input into Predict.output."""
+    p, r = cfg.Predict, cfg.Ray
+    if not p.model_dir or not p.input:
+        raise ValueError("set Predict.model_dir and Predict.input (--model-dir and --input)")
+    return predict_bulk(p.model_dir, p.input, p.output, batch_size=r.predict_batch_size, concurrency=r.predict_concurrency,
+                        num_cpus=r.cpus_per_actor, num_gpus=r.gpus_per_actor, target_size=p.target_size,
+                        max_pixels=p.max_image_pixels, max_bytes=p.max_image_bytes, visualize=p.save_visualization,
+                        ray_address=r.address, config=cfg.to_dict(), progress=progress)

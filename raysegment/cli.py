@@ -59,3 +59,13 @@ def report_evaluation(result, output):
     if result["errors"]:
         print(f"{len(result['errors'])} sample(s) skipped; see errors in {output}/evaluate_result.json")
     print(f"results in {output}/evaluate_result.json")
+
+
+def report_bulk(summary):
+    """Print a bulk job's summary; returns the exit code (0 all done, 3 some inputs are errors)."""
+    print(f"\n{summary['inputs']} inputs: {summary['done']} done, {summary['errors']} errors "
+          f"({summary['processed_this_run']} processed now at {summary['images_per_s']} images/s, "
+          f"{summary['skipped_already_done']} done before); results in {summary['output']}")
+    if summary["errors"]:
+        print(f"see {summary['output'].rstrip('/')}/_errors.jsonl")
+    return 3 if summary["errors"] else 0

@@ -109,13 +109,14 @@ class KernelOptionSection:
 @dataclass
 class PredictSection:
     model_dir: str | None = None
-    input: str | None = None
-    output: str = "output/predict"
+    input: str | list[str] | None = None  # folders, globs, files, URL lists (.txt), s3:// prefixes, URLs
+    output: str = "output/predict"  # local folder or s3:// prefix
     batch_size: int = field(default=1, metadata=_min(1))
     # None: the model folder's setting; -1: no resize; N: N x N; [w, h]
     target_size: int | list[int] | None = None
     save_visualization: bool = False
     max_image_pixels: int = field(default=40_000_000, metadata=_min(1))
+    max_image_bytes: int = field(default=100_000_000, metadata=_min(1))
     kernel_option: KernelOptionSection = field(default_factory=KernelOptionSection)
 
 

@@ -133,6 +133,14 @@ def write_bytes(uri, data):
         raise
 
 
+def delete(uri):
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    elif os.path.exists(uri):
+        os.remove(uri)
+
+
 def list_files(uri, suffixes):
     """Files ending in `suffixes` under a local directory or an s3:// prefix, sorted; names starting
     with '.' or '_' (ours and Ray's bookkeeping) are skipped. A single file is itself."""

@@ -13,32 +13,21 @@ list files and labels.txt (the 21 VOC names unless a labels.txt is there).
 Files that fail are listed in the returned problems and left out; the rest are converted.
 """
 
-import io
 import json
 import os
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from .. import storage
 from .dataset import Problem, read_class_names
-from .visualize import PALETTE
+from .visualize import encode_label_png
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 ]
 LABELME_SHAPES = ("polygon", "rectangle", "circle")
-
-
-def encode_label_png(label_map):
-    """(H, W) class ids -> palette PNG bytes (ids as pixel values, PaddleX's colours for viewing)."""
-    img = Image.fromarray(np.asarray(label_map, np.uint8), mode="P")
-    img.putpalette(PALETTE.ravel().tolist())
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def rasterize_labelme(doc, class_ids, name):

@@ -1,7 +1,10 @@
 """Pictures of label maps with OpenCV: PaddleX's colours, overlays, and a class histogram."""
 
+import io
+
 import cv2
 import numpy as np
+from PIL import Image
 
 
 def color_map(n=256):
@@ -22,6 +25,19 @@ def colorize(label_map):
     """(H, W) labels -> (H, W, 3) uint8 RGB pseudo-colour image."""
     label_map = np.asarray(label_map)
     return PALETTE[label_map if label_map.dtype == np.uint8 else label_map % 256]
+
+
+def encode_label_png(label_map):
+    """(H, W) class ids -> lossless PNG bytes: a palette PNG (ids as pixel values, shown in
+    PaddleX's colours) up to 256 classes, 16-bit gray beyond."""
+    label_map = np.asarray(label_map)
+    if label_map.size and label_map.max() > 255:
+        return cv2.imencode(".png", label_map.astype(np.uint16))[1].tobytes()
+    img = Image.fromarray(label_map.astype(np.uint8), mode="P")
+    img.putpalette(PALETTE.ravel().tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)  # labels compress nearly as well at level 1, much faster
+    return buf.getvalue()
 
 
 def overlay(rgb, label_map, ignore_index=255, alpha=0.5):

@@ -45,20 +45,3 @@ class SegModel:
         for (uri, img), mask in zip(batch, masks):
             yield SegResult(uri, img, mask[None], self.predictor.class_names)
 
-
-def predict_from_config(cfg):
-    """Global.mode=predict: Predict.model_dir on Predict.input, saving PaddleX-style results to
-    Predict.output; returns (count, seconds, model name)."""
-    import time
-
-    p = cfg.Predict
-    if not p.model_dir or not p.input:
-        raise ValueError("set Predict.model_dir and Predict.input (--model-dir and --input)")
-    model = SegModel.create(cfg.Global.model or None, p.model_dir, cfg.Global.device, p.target_size,
-                            max_image_pixels=p.max_image_pixels, run_mode=p.kernel_option.run_mode)
-    start, n = time.perf_counter(), 0
-    for res in model.predict(p.input, batch_size=p.batch_size):
-        res.save_to_img(p.output)
-        res.save_to_json(p.output)
-        n += 1
-    return n, time.perf_counter() - start, model.model_name

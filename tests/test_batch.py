@@ -1,0 +1,126 @@
+"""The bulk job on a local Ray: folders, URL lists, S3, errors, resume; masks equal create_model's."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import raysegment
+from conftest import jpeg_bytes, png_bytes, random_image
+from raysegment import storage
+from raysegment.batch import predict_bulk
+from raysegment.data.dataset import decode_label
+
+
+def read_jsonl(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def assert_masks_match(model, output, pairs):
+    """pairs: (input uri, output stem); each saved mask equals create_model().predict's."""
+    for uri, stem in pairs:
+        (expected,) = model.predict(uri)
+        mask = decode_label(storage.read_bytes(storage.join(output, f"{stem}.png")))
+        np.testing.assert_array_equal(mask, expected["pred"][0], err_msg=uri)
+        meta = json.loads(storage.read_bytes(storage.join(output, f"{stem}.json")))
+        assert meta["uri"] == uri and (meta["height"], meta["width"]) == mask.shape
+        assert sum(meta["pixel_counts"].values()) == mask.size
+        assert meta["model"] == "PP-LiteSeg-T" and meta["mask"] == os.path.basename(stem) + ".png"
+
+
+@pytest.fixture(scope="module")
+def model(inference_dir):
+    return raysegment.create_model(model_dir=inference_dir)
+
+
+def test_folder_tree_with_broken_files(tmp_path, inference_dir, model, image_dir, ray_local):
+    (image_dir / "sub" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (image_dir / "empty.png").write_bytes(b"")
+    (image_dir / "big.png").write_bytes(png_bytes(random_image(100, 100)))
+    out = tmp_path / "out"
+    summary = predict_bulk(inference_dir, str(image_dir), str(out), batch_size=2, max_pixels=8000, visualize=True)
+    assert (summary["inputs"], summary["done"], summary["errors"]) == (6, 3, 3)
+    assert json.loads((out / "_SUCCESS.json").read_text()) == summary
+    manifest = read_jsonl((out / "_manifest.jsonl").read_text())
+    assert sorted(m["uri"] for m in manifest) == sorted(str(p) for p in image_dir.rglob("*") if p.is_file())
+    errors = {os.path.basename(e["uri"]): e for e in read_jsonl((out / "_errors.jsonl").read_text())}
+    assert set(errors) == {"corrupt.jpg", "empty.png", "big.png"}
+    assert errors["empty.png"]["error"] == "ImageError" and "is empty" in errors["empty.png"]["message"]
+    assert "over the limit of 8000" in errors["big.png"]["message"]
+    assert_masks_match(model, str(out), [(str(image_dir / "a.jpg"), "a"), (str(image_dir / "sub" / "b.png"), "sub/b"),
+                                         (str(image_dir / "sub" / "c.jpg"), "sub/c")])
+    assert (out / "sub" / "c_vis.jpg").exists() and not (out / "_parts").exists()
+
+
+def test_url_list_from_a_local_http_server(tmp_path, inference_dir, model, http_root, ray_local):
+    root, base = http_root
+    for name in ("x.jpg", "y.jpg"):
+        (root / name).write_bytes(jpeg_bytes(random_image(40, 56, seed=len(name) + ord(name[0]))))
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"# a comment\n{base}/x.jpg\n{base}/missing.jpg\n\n{base}/y.jpg\n")
+    out = tmp_path / "out"
+    summary = predict_bulk(inference_dir, str(urls), str(out), batch_size=2)
+    assert (summary["inputs"], summary["done"], summary["errors"]) == (3, 2, 1)
+    (error,) = read_jsonl((out / "_errors.jsonl").read_text())
+    assert error["uri"] == f"{base}/missing.jpg" and "HTTP 404" in error["message"]
+    host = base.split("//")[1].replace(":", "_")
+    assert_masks_match(model, str(out), [(f"{base}/x.jpg", f"{host}/x"), (f"{base}/y.jpg", f"{host}/y")])
+
+
+def test_s3_prefix_written_back_to_s3(tmp_path, inference_dir, model, image_dir, s3_bucket, ray_local):
+    for path in image_dir.rglob("*"):
+        if path.is_file():
+            storage.write_bytes(f"s3://{s3_bucket}/in/{path.relative_to(image_dir).as_posix()}", path.read_bytes())
+    storage.write_bytes(f"s3://{s3_bucket}/in/broken.jpg", b"nope")
+    out = f"s3://{s3_bucket}/masks"
+    summary = predict_bulk(inference_dir, f"s3://{s3_bucket}/in/", out, batch_size=2)
+    assert (summary["inputs"], summary["done"], summary["errors"]) == (4, 3, 1)
+    manifest = read_jsonl(storage.read_bytes(f"{out}/_manifest.jsonl").decode())
+    assert len(manifest) == 4 and json.loads(storage.read_bytes(f"{out}/_SUCCESS.json"))["done"] == 3
+    assert not storage.list_files(f"{out}/_parts/", (".jsonl",))
+    assert_masks_match(model, out, [(f"s3://{s3_bucket}/in/a.jpg", "a"), (f"s3://{s3_bucket}/in/sub/c.jpg", "sub/c")])
+
+
+def test_rerun_skips_done_inputs_and_duplicates_count_once(tmp_path, inference_dir, image_dir, ray_local):
+    out = tmp_path / "out"
+    first = predict_bulk(inference_dir, [str(image_dir / "a.jpg"), str(image_dir / "a.jpg")], str(out))
+    assert (first["inputs"], first["processed_this_run"]) == (1, 1)
+    (image_dir / "a.png").write_bytes((image_dir / "sub" / "b.png").read_bytes())  # same output stem as a.jpg
+    second = predict_bulk(inference_dir, str(image_dir), str(out), batch_size=2)
+    assert second["skipped_already_done"] == 1 and second["processed_this_run"] == 3
+    assert (second["inputs"], second["done"], second["errors"]) == (4, 3, 1)
+    errors = read_jsonl((out / "_errors.jsonl").read_text())
+    assert [e["error"] for e in errors] == ["OutputCollision"]
+    manifest = read_jsonl((out / "_manifest.jsonl").read_text())
+    assert len({m["uri"] for m in manifest}) == len(manifest) == 4
+
+
+def test_killed_job_resumes_and_every_input_is_done_once(tmp_path, inference_dir, ray_local):
+    images = tmp_path / "many"
+    for i in range(16):
+        (images / f"{i:02d}").mkdir(parents=True)
+        (images / f"{i:02d}" / "img.jpg").write_bytes(jpeg_bytes(random_image(64, 96, seed=i)))
+    out = tmp_path / "out"
+    script = ("import sys; from raysegment.batch import predict_bulk; "
+              f"predict_bulk({inference_dir!r}, {str(images)!r}, {str(out)!r}, batch_size=1)")
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((out / "_parts").glob("manifest-*"))) < 3:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written_before = len(list((out / "_parts").glob("manifest-*")))
+    assert written_before >= 3 and not (out / "_SUCCESS.json").exists()
+
+    summary = predict_bulk(inference_dir, str(images), str(out), batch_size=4)
+    assert summary["skipped_already_done"] >= 3 and summary["processed_this_run"] <= 13
+    assert (summary["inputs"], summary["done"], summary["errors"]) == (16, 16, 0)
+    manifest = read_jsonl((out / "_manifest.jsonl").read_text())
+    assert sorted(m["uri"] for m in manifest) == sorted(str(p) for p in images.rglob("*.jpg"))
+    assert all((out / f"{i:02d}" / "img.png").exists() for i in range(16))
