@@ -4,11 +4,17 @@
     python jobs/benchmark.py predict --n 200 --batch-size 4 --model-dir output/best_model/inference
     python jobs/benchmark.py train                         # 256x256 crops, batch 4 per worker
     python jobs/benchmark.py train --dataset-dir ../shared/data/camvid --iters 40
+    python jobs/benchmark.py bulk                          # 200 and 2000 images
 
 predict: images/s of `create_model().predict` with save_to_img + save_to_json, against the bare
 exported-model forward on pre-decoded, pre-normalised arrays (the compute limit), and the forward
 speed of every paddle.inference CPU mode and of dygraph. Without --model-dir an untrained
 PP-LiteSeg-T is exported (speed does not depend on the weights).
+
+bulk: images/s of the bulk job (jobs/predict.py, a fresh local Ray, outputs written), of a
+sequential create_model().predict + save loop, and of the bare forward on pre-decoded arrays (the
+compute limit), plus the bulk job's peak memory (RSS summed over its process tree: driver, Ray
+services and workers) at N and 10 N images.
 
 train: training images/s of jobs/train.py's Ray Train path with 1 worker and with 2 workers
 (gloo), against the bare Paddle forward + backward + step on random arrays in one process with
@@ -75,6 +81,7 @@ def bench_predict(args, work):
     from raysegment.infer.engines import CPU_RUN_MODES, InferenceEngine, LayerEngine, resolve_device
     from raysegment.infer.export import load_checkpoint
 
+    args.n = args.n or 100
     model_dir = args.model_dir or untrained_model_dir(os.path.join(work, "model"))
     images = make_image_dir(os.path.join(work, "images"), args.n)
     out_dir = os.path.join(work, "out")
@@ -213,13 +220,93 @@ def bench_train(args, work):
     return {"images_per_s": rows, "ray1_over_bare": ray1 / bare1, "scaling_2_over_1": ray2 / ray1, "iters": args.iters}
 
 
-BENCHMARKS = {"predict": bench_predict, "train": bench_train}
+def tree_rss_bytes(root_pid):
+    """RSS summed over a process and all its descendants (from /proc)."""
+    children, rss = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(pid))
+            rss[int(pid)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            pass
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def run_bulk_job(model_dir, images, out, batch_size):
+    """jobs/predict.py in a fresh process (its own local Ray); returns (summary, peak RSS bytes)."""
+    import subprocess
+
+    cmd = [sys.executable, os.path.join(ROOT, "jobs", "predict.py"), "--model-dir", model_dir, "--input", images, "--output", out,
+           "-o", f"Ray.predict_batch_size={batch_size}", "-o", "Ray.cpus_per_actor=1", "-o", f"Ray.threads_per_actor={os.cpu_count()}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_bytes(proc.pid))
+        time.sleep(0.2)
+    with open(os.path.join(out, "_SUCCESS.json")) as f:
+        return json.load(f), peak
+
+
+def bench_bulk(args, work):
+    import numpy as np
+
+    import raysegment
+    from raysegment.data.image import decode_image
+
+    n = args.n or 200
+    model_dir = args.model_dir or untrained_model_dir(os.path.join(work, "model"))
+    small = make_image_dir(os.path.join(work, "images_n"), n)
+    large = make_image_dir(os.path.join(work, "images_10n"), 10 * n)
+    model = raysegment.create_model(model_dir=model_dir)
+    paths = sorted(os.path.join(small, f) for f in os.listdir(small))
+    rgb = [decode_image(open(p, "rb").read(), p) for p in paths]
+    batches = [np.stack([model.predictor.preprocess(img) for img in rgb[i : i + args.batch_size]]) for i in range(0, n, args.batch_size)]
+    model.predictor.engine(batches[0])
+    rows = {"bare forward, pre-decoded (compute limit)": timed(lambda: [model.predictor.engine(b) for b in batches], n)}
+
+    def sequential():
+        for res in model.predict(small, batch_size=args.batch_size):
+            res.save_to_img(os.path.join(work, "seq"))
+            res.save_to_json(os.path.join(work, "seq"))
+
+    rows["sequential create_model().predict + save"] = timed(sequential, n, repeats=1)
+    summary_n, peak_n = run_bulk_job(model_dir, small, os.path.join(work, "bulk_n"), 8)
+    summary_10n, peak_10n = run_bulk_job(model_dir, large, os.path.join(work, "bulk_10n"), 8)
+    assert summary_n["done"] == n and summary_10n["done"] == 10 * n, (summary_n, summary_10n)
+    rows[f"bulk job, {n} images (jobs/predict.py, outputs written)"] = summary_n["images_per_s"]
+    rows[f"bulk job, {10 * n} images"] = summary_10n["images_per_s"]
+    limit = rows["bare forward, pre-decoded (compute limit)"]
+    print(f"\nbulk benchmark: {n} and {10 * n} images 480x360, {os.cpu_count()} CPUs, "
+          f"1 actor x {os.cpu_count()} threads, batch 8 ({'untrained ' if not args.model_dir else ''}PP-LiteSeg-T)")
+    print(f"{'measurement':56s} {'images/s':>10s}")
+    for name, value in rows.items():
+        print(f"{name:56s} {value:>10.2f}")
+    ratios = {"bulk_n_over_limit": summary_n["images_per_s"] / limit, "bulk_10n_over_limit": summary_10n["images_per_s"] / limit,
+              "bulk_n_over_sequential": summary_n["images_per_s"] / rows["sequential create_model().predict + save"],
+              "peak_memory_10n_over_n": peak_10n / peak_n}
+    print(f"{'bulk (N) / compute limit':56s} {ratios['bulk_n_over_limit']:>10.3f}")
+    print(f"{'bulk (10 N) / compute limit':56s} {ratios['bulk_10n_over_limit']:>10.3f}")
+    print(f"{'bulk (N) / sequential':56s} {ratios['bulk_n_over_sequential']:>10.3f}")
+    print(f"{'peak memory, N images (MB)':56s} {peak_n / 2**20:>10.0f}")
+    print(f"{'peak memory, 10 N images (MB)':56s} {peak_10n / 2**20:>10.0f}")
+    print(f"{'peak memory 10 N / N':56s} {ratios['peak_memory_10n_over_n']:>10.3f}")
+    return {"n": n, "images_per_s": rows, "peak_rss_mb": {"n": peak_n / 2**20, "10n": peak_10n / 2**20}, **ratios}
+
+
+BENCHMARKS = {"predict": bench_predict, "train": bench_train, "bulk": bench_bulk}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("which", choices=sorted(BENCHMARKS))
-    parser.add_argument("--n", type=int, default=100, help="number of images")
+    parser.add_argument("--n", type=int, help="number of images (predict: 100, bulk: 200 and 10x that)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--model-dir", help="exported inference folder (default: an untrained PP-LiteSeg-T)")
     parser.add_argument("--device", default="cpu")

@@ -92,7 +92,7 @@ def check_actor_resources(ray, concurrency, num_cpus, num_gpus):
 
 
 def evaluate(model_dir, dataset_dir, split="val", batch_size=8, concurrency=1, num_cpus=1.0, num_gpus=0.0,
-             device=None, ray_address=None, class_names=None):
+             device=None, ray_address=None, class_names=None, threads=None):
     """Confusion matrix and metrics of `model_dir` on a dataset split, on Ray Data actors."""
     ray = init_ray(ray_address)
     check_actor_resources(ray, concurrency, num_cpus, num_gpus)
@@ -112,7 +112,7 @@ def evaluate(model_dir, dataset_dir, split="val", batch_size=8, concurrency=1, n
             rows.append({"image_uri": item.image, "label_uri": item.label, "list_file": item.list_file, "line": item.line})
     if not rows:
         raise ValueError(f"{split}.txt of {dataset_dir!r} lists no usable pairs; run jobs/check_dataset.py to see why")
-    actor_kw = {"num_classes": len(names), "device": device or ("gpu" if num_gpus else "cpu"), "cpu_threads": max(int(num_cpus), 1)}
+    actor_kw = {"num_classes": len(names), "device": device or ("gpu" if num_gpus else "cpu"), "cpu_threads": threads or max(int(num_cpus), 1)}
     ds = (
         ray.data.from_items(rows)
         .map_batches(read_pairs, batch_size=batch_size, batch_format="numpy")
@@ -144,7 +144,7 @@ def evaluate_from_config(cfg):
     r = cfg.Ray
     result = evaluate(model_dir, cfg.Global.dataset_dir, batch_size=r.predict_batch_size, concurrency=r.predict_concurrency,
                       num_cpus=r.cpus_per_actor, num_gpus=r.gpus_per_actor, ray_address=r.address,
-                      class_names=read_class_names(cfg.Global.dataset_dir))
+                      class_names=read_class_names(cfg.Global.dataset_dir), threads=r.threads_per_actor)
     result = {"done_flag": True, **result, "model_dir": model_dir, "dataset_dir": cfg.Global.dataset_dir, "split": "val"}
     storage.write_bytes(os.path.join(cfg.Global.output, "evaluate_result.json"), json.dumps(result, indent=2).encode())
     return result
@@ -292,7 +292,7 @@ def _list_parts(output):
     return storage.list_files(storage.join(output, PARTS), (".jsonl",)) if _has_parts(output) else []
 
 
-def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpus=1.0, num_gpus=0.0,
+def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpus=1.0, num_gpus=0.0, threads=None,
                  device=None, target_size=None, max_pixels=None, max_bytes=None, visualize=False,
                  ray_address=None, config=None, progress=None):
     """Segment every input image into `output` (local folder or s3:// prefix); returns the summary
@@ -326,7 +326,7 @@ def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpu
     _write_part(output, "errors", new_errors)
     processed = len(collisions)  # inputs recorded by this run, as done or as errors
     if rows:
-        actor_kw = {"device": device or ("gpu" if num_gpus else "cpu"), "cpu_threads": max(int(num_cpus), 1),
+        actor_kw = {"device": device or ("gpu" if num_gpus else "cpu"), "cpu_threads": threads or max(int(num_cpus), 1),
                     "target_size": target_size, "with_images": visualize}
         ds = (
             ray.data.from_items(rows)
@@ -384,6 +384,6 @@ def predict_from_config(cfg, progress=None):
     if not p.model_dir or not p.input:
         raise ValueError("set Predict.model_dir and Predict.input (--model-dir and --input)")
     return predict_bulk(p.model_dir, p.input, p.output, batch_size=r.predict_batch_size, concurrency=r.predict_concurrency,
-                        num_cpus=r.cpus_per_actor, num_gpus=r.gpus_per_actor, target_size=p.target_size,
+                        num_cpus=r.cpus_per_actor, num_gpus=r.gpus_per_actor, threads=r.threads_per_actor, target_size=p.target_size,
                         max_pixels=p.max_image_pixels, max_bytes=p.max_image_bytes, visualize=p.save_visualization,
                         ray_address=r.address, config=cfg.to_dict(), progress=progress)

@@ -132,6 +132,9 @@ class RaySection:
     predict_concurrency: int = field(default=1, metadata=_min(1))  # predictor actors
     gpus_per_actor: float = field(default=0.0, metadata=_min(0.0))
     cpus_per_actor: float = field(default=1.0, metadata=_min(0.0))
+    # Paddle threads per actor; None: cpus_per_actor. Ray reserves CPUs for scheduling only, so an
+    # actor may compute with more threads than it reserves (on 2 cores: reserve 1, compute with 2)
+    threads_per_actor: int | None = field(default=None, metadata=_min(1))
     max_failures: int = field(default=2, metadata=_min(0))  # training restarts from the last checkpoint
     storage_path: str | None = None  # Ray Train checkpoints (local, shared or s3://); None: Global.output/ray_results
 
