@@ -218,7 +218,8 @@ def read_images(batch, max_pixels, max_bytes):
 
 
 class PredictActor(PredictorActor):
-    """Label maps for the good rows of a batch; the images do not travel further."""
+    """Label maps for the good rows of a batch. The decoded images travel on to the writers only
+    when an overlay is asked for."""
 
     def __init__(self, model_dir, with_images=False, **kw):
         super().__init__(model_dir, **kw)
@@ -232,7 +233,6 @@ class PredictActor(PredictorActor):
         out = [np.zeros((1, 1), np.uint8)] * len(batch["uri"])
         for i, mask in zip(good, masks):
             out[i] = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
-        # the images travel on only when an overlay is to be drawn
         keep = {k: v for k, v in batch.items() if k != "image" or self.with_images}
         return {**keep, "mask": _ragged(out), "infer_s": np.full(len(out), per_image)}
 
@@ -303,7 +303,7 @@ def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpu
     ray = init_ray(ray_address)
     check_actor_resources(ray, concurrency, num_cpus, num_gpus)
     started = time.perf_counter()
-    manifest, errors = previous_results(output)
+    manifest, _ = previous_results(output)
     seen = {m["uri"] for m in manifest}
     # outputs already written keep their names: a new input may not overwrite them
     rels = {os.path.splitext(m["outputs"][0])[0]: m["uri"] for m in manifest if m["outputs"]}
@@ -314,16 +314,14 @@ def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpu
         seen.add(item["uri"])
         stem = os.path.splitext(item["rel"])[0]
         if stem in rels:
-            collisions.append({"uri": item["uri"], "status": "error", "outputs": []})
-            errors.append({"uri": item["uri"], "error": "OutputCollision",
-                           "message": f"its outputs {stem}.png/.json would overwrite those of {rels[stem]}; rename one of them"})
+            collisions.append({"uri": item["uri"], "error": "OutputCollision",
+                               "message": f"its outputs {stem}.png/.json would overwrite those of {rels[stem]}; rename one of them"})
             continue
         rels[stem] = item["uri"]
         rows.append(item)
     skipped = len(manifest)
-    new_manifest, new_errors = collisions, [e for e in errors if e["uri"] in {c["uri"] for c in collisions}]
-    _write_part(output, "manifest", new_manifest)
-    _write_part(output, "errors", new_errors)
+    _write_part(output, "manifest", [{"uri": c["uri"], "status": "error", "outputs": []} for c in collisions])
+    _write_part(output, "errors", collisions)
     processed = len(collisions)  # inputs recorded by this run, as done or as errors
     if rows:
         actor_kw = {"device": device or ("gpu" if num_gpus else "cpu"), "cpu_threads": threads or max(int(num_cpus), 1),
