@@ -1,5 +1,5 @@
 """Shared fixtures: tiny models and images made here, a real local HTTP server and a real S3
-endpoint (moto's server mode) on 127.0.0.1. Nothing here needs ../shared or the network."""
+endpoint (moto's server mode) on 127.0.0.1. Nothing here needs the team-shared data folder or the network."""
 
 import functools
 import http.server
