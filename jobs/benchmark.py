@@ -77,7 +77,6 @@ def bench_predict(args, work):
 
     import raysegment
     from raysegment.data.image import decode_image
-    from raysegment.infer import Predictor
     from raysegment.infer.engines import CPU_RUN_MODES, InferenceEngine, LayerEngine, resolve_device
     from raysegment.infer.export import load_checkpoint
 

@@ -8,15 +8,15 @@ import json
 import os
 import time
 import uuid
-from urllib.parse import urlparse
 
 import cv2
 import numpy as np
 
 from . import storage
-from .data.dataset import LabelError, Problem, decode_label, iter_split
+from .data.dataset import LabelError, Problem, iter_split, read_pair
 from .data.image import ImageError, decode_image
 from .data.metrics import ConfusionMatrix
+from .data.sources import list_inputs
 
 
 def init_ray(address=None):
@@ -42,10 +42,7 @@ def read_pairs(batch):
     images, labels, errors = [], [], []
     for image_uri, label_uri in zip(batch["image_uri"], batch["label_uri"]):
         try:
-            img = decode_image(storage.read_bytes(image_uri), name=f"image {image_uri}")
-            label = decode_label(storage.read_bytes(label_uri), name=label_uri)
-            if label.shape != img.shape[:2]:
-                raise LabelError(f"image {image_uri} is {img.shape[1]}x{img.shape[0]} but label {label_uri} is {label.shape[1]}x{label.shape[0]}")
+            img, label = read_pair(image_uri, label_uri)
             images.append(img)
             labels.append(label)
             errors.append("")
@@ -79,23 +76,25 @@ class EvalActor(PredictorActor):
         return {"cm": cm.matrix[None], "n": np.array([len(good)]), "errors": np.array([json.dumps(errors)], dtype=object)}
 
 
-def check_actor_resources(ray, concurrency, num_cpus, num_gpus):
-    """Refuse an actor pool that leaves no CPU for the read/decode tasks: Ray Data would wait forever."""
+def check_cluster_fits(ray, count, cpus_each, gpus_each, keys=("Ray.predict_concurrency", "Ray.cpus_per_actor", "Ray.gpus_per_actor")):
+    """Refuse `count` actors or workers the cluster cannot hold, or that leave no CPU for Ray Data's
+    read/decode tasks (Ray would wait for resources forever). `keys` name the config keys behind
+    count, CPUs and GPUs, for the message."""
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
-    if num_gpus and concurrency * num_gpus > gpus:
-        raise ValueError(f"{concurrency} actors x {num_gpus:g} GPUs (Ray.predict_concurrency x Ray.gpus_per_actor) "
-                         f"need {concurrency * num_gpus:g} GPUs; the cluster has {gpus:g}")
-    if concurrency * num_cpus > cpus - 1:
-        raise ValueError(f"{concurrency} actors x {num_cpus:g} CPUs (Ray.predict_concurrency x Ray.cpus_per_actor) leave "
-                         f"no CPU of the cluster's {cpus:g} for reading and decoding; lower one of them")
+    if gpus_each and count * gpus_each > gpus:
+        raise ValueError(f"{count} x {gpus_each:g} GPUs ({keys[0]} x {keys[2]}) need {count * gpus_each:g} GPUs; "
+                         f"the cluster has {gpus:g}")
+    if count * cpus_each > cpus - 1:
+        raise ValueError(f"{count} x {cpus_each:g} CPUs ({keys[0]} x {keys[1]}) leave no CPU of the cluster's {cpus:g} "
+                         "for reading and decoding; lower one of them")
 
 
 def evaluate(model_dir, dataset_dir, split="val", batch_size=8, concurrency=1, num_cpus=1.0, num_gpus=0.0,
              device=None, ray_address=None, class_names=None, threads=None):
     """Confusion matrix and metrics of `model_dir` on a dataset split, on Ray Data actors."""
     ray = init_ray(ray_address)
-    check_actor_resources(ray, concurrency, num_cpus, num_gpus)
+    check_cluster_fits(ray, concurrency, num_cpus, num_gpus)
     from .infer.model_files import read_model_folder
 
     info = read_model_folder(model_dir)
@@ -162,46 +161,6 @@ def evaluate_from_config(cfg):
 # results arrive); the end of the job merges them. A rerun skips every input already listed.
 
 PARTS = "_parts"
-LIST_SUFFIXES = (".txt", ".lst")
-
-
-def _rel_for_url(url):
-    parsed = urlparse(url)
-    return f"{parsed.netloc.replace(':', '_')}{parsed.path}".strip("/") or "url"
-
-
-def list_inputs(inputs):
-    """Yield {"uri", "rel"} for every image: local folders (recursive), globs, files, text files of
-    URIs (.txt/.lst, one a line), s3:// prefixes or keys and http(s) URLs, or a list of these.
-    `rel` is the path under the input root that the outputs mirror."""
-    import glob as globlib
-
-    for spec in [inputs] if isinstance(inputs, str) else inputs:
-        if storage.is_url(spec):
-            yield {"uri": spec, "rel": _rel_for_url(spec)}
-        elif storage.is_s3(spec):
-            if storage.is_image_name(spec):
-                yield {"uri": spec, "rel": spec.rsplit("/", 1)[-1]}
-            else:
-                prefix = spec.rstrip("/") + "/"
-                for uri in storage.list_images(prefix):
-                    yield {"uri": uri, "rel": uri[len(prefix):]}
-        elif spec.lower().endswith(LIST_SUFFIXES) and os.path.isfile(spec):
-            for line in storage.read_bytes(spec).decode("utf-8").splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    yield from list_inputs(line.strip())
-        elif os.path.isdir(spec):
-            for path in storage.list_images(spec):
-                yield {"uri": path, "rel": os.path.relpath(path, spec).replace(os.sep, "/")}
-        elif any(c in spec for c in "*?["):
-            root = spec[: min(spec.index(c) for c in "*?[" if c in spec)].rsplit("/", 1)[0] or "."
-            for path in sorted(globlib.glob(spec, recursive=True)):
-                if storage.is_image_name(path):
-                    yield {"uri": path, "rel": os.path.relpath(path, root).replace(os.sep, "/")}
-        else:
-            yield {"uri": spec, "rel": os.path.basename(spec)}  # a file; a missing one becomes an error row
-
-
 def read_images(batch, max_pixels, max_bytes):
     """Ray Data task: URIs -> decoded RGB images; a row that fails keeps its error and a 1x1 image."""
     images, errors, seconds = [], [], []
@@ -301,7 +260,7 @@ def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpu
 
     info = read_model_folder(model_dir)
     ray = init_ray(ray_address)
-    check_actor_resources(ray, concurrency, num_cpus, num_gpus)
+    check_cluster_fits(ray, concurrency, num_cpus, num_gpus)
     started = time.perf_counter()
     manifest, _ = previous_results(output)
     seen = {m["uri"] for m in manifest}

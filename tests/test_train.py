@@ -14,7 +14,6 @@ import raysegment
 from conftest import make_dataset
 from raysegment.config import load_config
 from raysegment.data.augment import AugmentSpec, augment_pair
-from raysegment.models import load_weights
 from raysegment.train import lr_at, train
 from raysegment.train.losses import cross_entropy, ohem_cross_entropy
 from raysegment.train.ray_train import fit
@@ -123,7 +122,7 @@ def decomposable_cfg(root, out, workers, batch):
 def test_two_gloo_workers_match_one_worker_on_the_union(tmp_path, ray_local):
     root = make_dataset(tmp_path / "ds", n_train=4, n_val=1)  # one global batch per iteration
     two = fit(decomposable_cfg(root, tmp_path / "two", workers=2, batch=2))
-    one = fit(decomposable_cfg(root, tmp_path / "one", workers=1, batch=4))
+    fit(decomposable_cfg(root, tmp_path / "one", workers=1, batch=4))
     assert two["workers"] == 2 and two["workers_in_sync"] is True
     a = paddle.load(str(tmp_path / "two" / "iter_3" / "model.pdparams"))
     b = paddle.load(str(tmp_path / "one" / "iter_3" / "model.pdparams"))

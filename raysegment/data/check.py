@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from .. import storage
-from .dataset import IGNORE_INDEX, SPLITS, LabelError, Problem, Sample, decode_label, iter_split, read_class_names
-from .image import ImageError, decode_image
+from .dataset import IGNORE_INDEX, SPLITS, LabelError, Problem, Sample, iter_split, read_class_names, read_pair
+from .image import ImageError
 from .visualize import draw_histogram, overlay
 
 RAY_MIN_SAMPLES = 2000  # below this, one local loop is quicker than starting Ray tasks
@@ -31,14 +31,11 @@ def check_sample(sample, num_classes=None):
         return [Problem(sample.list_file, sample.line, message)], hist
 
     try:
-        rgb = decode_image(storage.read_bytes(sample.image), name=f"image {sample.image}")
-        label = decode_label(storage.read_bytes(sample.label), name=sample.label)
+        _, label = read_pair(sample.image, sample.label)
     except (ImageError, LabelError) as e:
         return problem(str(e))
     except storage.StorageError as e:
         return problem(f"{'image' if sample.image in str(e) else 'label'} {e}")
-    if label.shape != rgb.shape[:2]:
-        return problem(f"image {sample.image} is {rgb.shape[1]}x{rgb.shape[0]} but label {sample.label} is {label.shape[1]}x{label.shape[0]}")
     counts = np.bincount(label.ravel(), minlength=256)
     hist[:] = counts[:256]
     limit = num_classes if num_classes else IGNORE_INDEX
@@ -144,8 +141,7 @@ def check_dataset(dataset_dir, output, use_ray=None, ray_address=None, num_demo=
 
 
 def _save_overlay(sample, demo_dir, output, split):
-    rgb = decode_image(storage.read_bytes(sample.image), sample.image)
-    label = decode_label(storage.read_bytes(sample.label), sample.label)
+    rgb, label = read_pair(sample.image, sample.label)
     stem = os.path.splitext(os.path.basename(sample.image))[0]
     path = os.path.join(demo_dir, f"{split}_{stem}.jpg")
     storage.write_bytes(path, cv2.imencode(".jpg", cv2.cvtColor(overlay(rgb, label), cv2.COLOR_RGB2BGR))[1].tobytes())

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .. import storage
+from .image import decode_image
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "val")
@@ -109,3 +110,13 @@ def decode_label(data, name="label"):
     if arr.ndim != 2 or arr.size == 0:
         raise LabelError(f"label {name} has shape {arr.shape}; expected a non-empty H x W map")
     return arr
+
+
+def read_pair(image_uri, label_uri):
+    """Read and decode an image and its label: ((H, W, 3) RGB, (H, W) ids). Raises ImageError,
+    LabelError or StorageError naming the file, and LabelError when their sizes differ."""
+    img = decode_image(storage.read_bytes(image_uri), name=f"image {image_uri}")
+    label = decode_label(storage.read_bytes(label_uri), name=label_uri)
+    if label.shape != img.shape[:2]:
+        raise LabelError(f"image {image_uri} is {img.shape[1]}x{img.shape[0]} but label {label_uri} is {label.shape[1]}x{label.shape[0]}")
+    return img, label

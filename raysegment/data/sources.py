@@ -1,19 +1,59 @@
-"""Expand what a user passes to `predict` into single inputs, lazily.
+"""Expand what a user passes to `predict` or the bulk job into single inputs, lazily.
 
-An input is an ndarray, a file path, a directory (its images, recursively, sorted), an http(s)
-URL, an s3:// URI or prefix, or a list of those, as PaddleX accepts.
+An input is an ndarray (predict only), a file path, a directory (its images, recursively, sorted),
+a glob, a text file of URIs, an http(s) URL, an s3:// URI or prefix, or a list of those.
 """
 
+import glob
 import os
+from urllib.parse import urlparse
 
 import numpy as np
 
 from .. import storage
 from .image import ImageError, decode_image, to_rgb8
 
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def _rel_for_url(url):
+    parsed = urlparse(url)
+    return f"{parsed.netloc.replace(':', '_')}{parsed.path}".strip("/") or "url"
+
+
+def list_inputs(inputs):
+    """Yield {"uri", "rel"} for every image: local folders (recursive), globs, files, text files of
+    URIs (.txt/.lst, one a line), s3:// prefixes or keys and http(s) URLs, or a list of these.
+    `rel` is the path under the input root that the outputs mirror."""
+    for spec in [inputs] if isinstance(inputs, str) else inputs:
+        if storage.is_url(spec):
+            yield {"uri": spec, "rel": _rel_for_url(spec)}
+        elif storage.is_s3(spec):
+            if storage.is_image_name(spec):
+                yield {"uri": spec, "rel": spec.rsplit("/", 1)[-1]}
+            else:
+                prefix = spec.rstrip("/") + "/"
+                for uri in storage.list_images(prefix):
+                    yield {"uri": uri, "rel": uri[len(prefix):]}
+        elif spec.lower().endswith(LIST_SUFFIXES) and os.path.isfile(spec):
+            for line in storage.read_bytes(spec).decode("utf-8").splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    yield from list_inputs(line.strip())
+        elif os.path.isdir(spec):
+            for path in storage.list_images(spec):
+                yield {"uri": path, "rel": os.path.relpath(path, spec).replace(os.sep, "/")}
+        elif any(c in spec for c in "*?["):
+            root = spec[: min(spec.index(c) for c in "*?[" if c in spec)].rsplit("/", 1)[0] or "."
+            for path in sorted(glob.glob(spec, recursive=True)):
+                if storage.is_image_name(path):
+                    yield {"uri": path, "rel": os.path.relpath(path, root).replace(os.sep, "/")}
+        else:
+            yield {"uri": spec, "rel": os.path.basename(spec)}  # a file; a missing one becomes an error row
+
 
 def iter_inputs(inputs):
-    """Yield (uri or None, item) where item is an ndarray or a uri still to be read."""
+    """Yield (uri or None, item) where item is an ndarray or a uri still to be read: what
+    `list_inputs` lists, plus arrays. A folder or prefix without images is an error here."""
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
         inputs = [inputs]
     for item in inputs:
@@ -22,24 +62,12 @@ def iter_inputs(inputs):
             continue
         if not isinstance(item, (str, os.PathLike)):
             raise ImageError(f"input {item!r} is a {type(item).__name__}; pass an ndarray, a path, a URL or an s3:// URI")
-        uri = os.fspath(item)
-        if storage.is_url(uri):
-            yield uri, uri
-        elif storage.is_s3(uri):
-            if storage.is_image_name(uri):
-                yield uri, uri
-            else:
-                found = storage.list_images(uri)
-                if not found:
-                    raise storage.StorageError(f"no images under {uri}")
-                yield from ((u, u) for u in found)
-        elif os.path.isdir(uri):
-            found = storage.list_images(uri)
-            if not found:
-                raise storage.StorageError(f"directory {uri!r} has no images ({', '.join(storage.IMAGE_SUFFIXES)})")
-            yield from ((p, p) for p in found)
-        else:
-            yield uri, uri
+        found = False
+        for entry in list_inputs(os.fspath(item)):
+            found = True
+            yield entry["uri"], entry["uri"]
+        if not found:
+            raise storage.StorageError(f"{os.fspath(item)!r} has no images ({', '.join(storage.IMAGE_SUFFIXES)})")
 
 
 def load_rgb(uri, item, max_pixels=None):

@@ -5,10 +5,8 @@ Both paths use `load_augment`, so `train(cfg)` without Ray sees the same data as
 
 import numpy as np
 
-from .. import storage
 from ..data.augment import augment_pair
-from ..data.dataset import Problem, decode_label, iter_split
-from ..data.image import decode_image
+from ..data.dataset import Problem, iter_split, read_pair
 
 
 def split_rows(dataset_dir, split):
@@ -33,10 +31,7 @@ def load_augment(batch, spec, seed=None):
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for image_uri, label_uri in zip(batch["image"], batch["label"]):
-        img = decode_image(storage.read_bytes(image_uri), name=f"image {image_uri}")
-        label = decode_label(storage.read_bytes(label_uri), name=label_uri)
-        if label.shape != img.shape[:2]:
-            raise ValueError(f"image {image_uri} and label {label_uri} differ in size; run jobs/check_dataset.py")
+        img, label = read_pair(image_uri, label_uri)
         x, y = augment_pair(img, label, spec, rng)
         xs.append(x)
         ys.append(y)

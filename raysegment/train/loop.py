@@ -13,7 +13,6 @@ import os
 import shutil
 import time
 
-import numpy as np
 import paddle
 
 from ..data.augment import AugmentSpec
@@ -62,17 +61,14 @@ def load_pretrained(net, path, head_prefixes):
 
 def evaluate_layer(net, rows, class_names, device="cpu", cpu_threads=None, batch_size=4):
     """Confusion-matrix metrics of an in-memory model on decoded val pairs (one process)."""
-    from .. import storage
-    from ..data.dataset import decode_label
-    from ..data.image import decode_image
+    from ..data.dataset import read_pair
 
     predictor = Predictor.from_layer(net, "model", class_names, device=device, cpu_threads=cpu_threads)
     cm = ConfusionMatrix(len(class_names))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        images = [decode_image(storage.read_bytes(r["image"]), r["image"]) for r in chunk]
-        labels = [decode_label(storage.read_bytes(r["label"]), r["label"]) for r in chunk]
-        for mask, label in zip(predictor.predict(images), labels):
+        images, labels = zip(*(read_pair(r["image"], r["label"]) for r in chunk))
+        for mask, label in zip(predictor.predict(list(images)), labels):
             cm.update(mask, label)
     return cm.metrics(class_names)
 

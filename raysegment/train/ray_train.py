@@ -131,11 +131,12 @@ def fit(cfg):
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from ..batch import init_ray
+    from ..batch import check_cluster_fits, init_ray
     from ..data.augment import AugmentSpec
 
     ray_ = init_ray(cfg.Ray.address)
-    _check_resources(ray_, num_workers, use_gpu, cfg.Ray.cpus_per_worker)
+    check_cluster_fits(ray_, num_workers, cfg.Ray.cpus_per_worker, 1 if use_gpu else 0,
+                       keys=("Ray.num_workers / Global.device", "Ray.cpus_per_worker", "GPU per worker"))
     out = os.path.abspath(cfg.Global.output)
     os.makedirs(out, exist_ok=True)
     trainer = DataParallelTrainer(
@@ -154,14 +155,3 @@ def fit(cfg):
     with open(os.path.join(out, "train_result.json")) as f:
         return json.load(f)
 
-
-def _check_resources(ray_, num_workers, use_gpu, cpus_per_worker):
-    """Refuse a worker group the cluster cannot hold, or that leaves no CPU for Ray Data's
-    decode/augment tasks (Ray would wait for resources forever)."""
-    total = ray_.cluster_resources()
-    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
-    if use_gpu and num_workers > gpus:
-        raise ValueError(f"{num_workers} GPU workers asked for (Global.device / Ray.num_workers) but the cluster has {gpus:g} GPUs")
-    if num_workers * cpus_per_worker > cpus - 1:
-        raise ValueError(f"{num_workers} workers x {cpus_per_worker:g} CPUs (Ray.num_workers x Ray.cpus_per_worker) leave no CPU "
-                         f"of the cluster's {cpus:g} for decoding and augmentation; lower one of them")
