@@ -180,9 +180,10 @@ class PredictActor(PredictorActor):
     """Label maps for the good rows of a batch. The decoded images travel on to the writers only
     when an overlay is asked for."""
 
-    def __init__(self, model_dir, with_images=False, **kw):
+    def __init__(self, model_dir, with_images=False, write_kw=None, **kw):
         super().__init__(model_dir, **kw)
         self.with_images = with_images
+        self.write_kw = write_kw
 
     def __call__(self, batch):
         good = [i for i, e in enumerate(batch["error"]) if not e]
@@ -193,7 +194,8 @@ class PredictActor(PredictorActor):
         for i, mask in zip(good, masks):
             out[i] = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
         keep = {k: v for k, v in batch.items() if k != "image" or self.with_images}
-        return {**keep, "mask": _ragged(out), "infer_s": np.full(len(out), per_image)}
+        res = {**keep, "mask": _ragged(out), "infer_s": np.full(len(out), per_image)}
+        return write_outputs(res, **self.write_kw) if self.write_kw else res
 
 
 def write_outputs(batch, output, model_name, class_names, visualize):
@@ -284,14 +286,13 @@ def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpu
     processed = len(collisions)  # inputs recorded by this run, as done or as errors
     if rows:
         actor_kw = {"device": device or ("gpu" if num_gpus else "cpu"), "cpu_threads": threads or max(int(num_cpus), 1),
-                    "target_size": target_size, "with_images": visualize}
+                    "target_size": target_size, "with_images": visualize, "write_kw": {"output": output, "model_name": info.model_name, "class_names": info.class_names,
+                                                   "visualize": visualize}}
         ds = (
             ray.data.from_items(rows)
             .map_batches(read_images, fn_kwargs={"max_pixels": max_pixels, "max_bytes": max_bytes}, batch_size=batch_size, batch_format="numpy")
             .map_batches(PredictActor, fn_constructor_kwargs={"model_dir": model_dir, **actor_kw}, batch_size=batch_size,
                          compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus, num_gpus=num_gpus, batch_format="numpy")
-            .map_batches(write_outputs, fn_kwargs={"output": output, "model_name": info.model_name, "class_names": info.class_names,
-                                                   "visualize": visualize}, batch_size=batch_size, batch_format="numpy")
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             lines, errs = [], []

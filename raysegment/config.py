@@ -102,7 +102,7 @@ class ExportSection:
 
 @dataclass
 class KernelOptionSection:
-    # paddle.inference CPU mode; None tries mkldnn then falls back to paddle (see infer/engines.py)
+    # paddle.inference CPU mode; None: paddle (oneDNN fails in Paddle 3.3.1, see infer/engines.py)
     run_mode: str | None = field(default=None, metadata=_choice(None, "paddle", "mkldnn"))
 
 

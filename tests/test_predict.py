@@ -46,7 +46,7 @@ def test_exported_and_checkpoint_folders_match_the_in_memory_model(tiny_layer, i
 
 
 def test_folder_kinds_use_their_engines(inference_dir, checkpoint_dir):
-    assert raysegment.create_model(model_dir=inference_dir).predictor.engine.run_mode in ("mkldnn", "paddle")
+    assert raysegment.create_model(model_dir=inference_dir).predictor.engine.run_mode == "paddle"
     assert raysegment.create_model(model_dir=checkpoint_dir).predictor.engine.run_mode == "dygraph"
 
 
