@@ -1,7 +1,8 @@
 """Ray Data jobs: sources -> Predictor actors -> sinks. Resource numbers come from the caller.
 
 Bytes are read and decoded in CPU tasks with per-row error capture (Ray's own image reader fails
-a whole read task on one corrupt file); one Predictor per actor does the forward passes.
+a whole read task on one corrupt file); one Predictor per actor does the forward passes (and, in
+the bulk job, writes each image's outputs, so label maps never travel through the object store).
 """
 
 import json
@@ -177,57 +178,49 @@ def read_images(batch, max_pixels, max_bytes):
 
 
 class PredictActor(PredictorActor):
-    """Label maps for the good rows of a batch. The decoded images travel on to the writers only
-    when an overlay is asked for."""
+    """Predicts the good rows of a batch and writes their outputs itself, so label maps never cross
+    the object store; returns only the manifest fields."""
 
-    def __init__(self, model_dir, with_images=False, write_kw=None, **kw):
+    def __init__(self, model_dir, output, visualize=False, **kw):
+        from .infer.model_files import read_model_folder
+
         super().__init__(model_dir, **kw)
-        self.with_images = with_images
-        self.write_kw = write_kw
+        info = read_model_folder(model_dir)
+        self.output, self.visualize, self.model_name = output, visualize, info.model_name
+        self.class_names = info.class_names
 
     def __call__(self, batch):
         good = [i for i, e in enumerate(batch["error"]) if not e]
         start = time.perf_counter()
         masks = self.predictor.predict([batch["image"][i] for i in good]) if good else []
         per_image = (time.perf_counter() - start) / max(len(good), 1)
-        out = [np.zeros((1, 1), np.uint8)] * len(batch["uri"])
+        outputs = ["[]"] * len(batch["uri"])
         for i, mask in zip(good, masks):
-            out[i] = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
-        keep = {k: v for k, v in batch.items() if k != "image" or self.with_images}
-        res = {**keep, "mask": _ragged(out), "infer_s": np.full(len(out), per_image)}
-        return write_outputs(res, **self.write_kw) if self.write_kw else res
+            timings = {"read_decode": round(float(batch["read_s"][i]), 4), "inference": round(per_image, 4)}
+            outputs[i] = json.dumps(self.write(batch["uri"][i], batch["rel"][i], batch["image"][i], mask, timings))
+        status = ["error" if e else "done" for e in batch["error"]]
+        return {"uri": batch["uri"], "status": np.array(status, dtype=object), "outputs": np.array(outputs, dtype=object),
+                "error": batch["error"]}
 
+    def write(self, uri, rel, image, mask, timings):
+        """Mask PNG, overlay and JSON of one image, each file written atomically; JSON last."""
+        from .data.visualize import encode_label_png, overlay
 
-def write_outputs(batch, output, model_name, class_names, visualize):
-    """Ray Data task: write each good row's mask PNG and JSON (each file atomically); return only
-    the manifest fields, so nothing large reaches the driver."""
-    from .data.visualize import encode_label_png, overlay
-
-    status, outputs = [], []
-    for i, (uri, rel, error) in enumerate(zip(batch["uri"], batch["rel"], batch["error"])):
-        if error:
-            status.append("error")
-            outputs.append("[]")
-            continue
         stem = os.path.splitext(rel)[0]
-        mask = batch["mask"][i]
-        counts = np.bincount(mask.ravel(), minlength=len(class_names))
-        names = class_names or [f"class_{k}" for k in range(len(counts))]
+        mask = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
+        counts = np.bincount(mask.ravel(), minlength=len(self.class_names))
+        names = self.class_names or [f"class_{k}" for k in range(len(counts))]
         files = [f"{stem}.png", f"{stem}.json"]
-        storage.write_bytes(storage.join(output, files[0]), encode_label_png(mask))
-        meta = {"uri": str(uri), "width": int(mask.shape[1]), "height": int(mask.shape[0]), "model": model_name,
+        storage.write_bytes(storage.join(self.output, files[0]), encode_label_png(mask))
+        meta = {"uri": str(uri), "width": int(mask.shape[1]), "height": int(mask.shape[0]), "model": self.model_name,
                 "mask": os.path.basename(files[0]), "class_names": list(names),
-                "pixel_counts": {n: int(c) for n, c in zip(names, counts) if c},
-                "timings_s": {"read_decode": round(float(batch["read_s"][i]), 4), "inference": round(float(batch["infer_s"][i]), 4)}}
-        if visualize:
-            vis = overlay(batch["image"][i], mask, ignore_index=-1)
+                "pixel_counts": {n: int(c) for n, c in zip(names, counts) if c}, "timings_s": timings}
+        if self.visualize:
+            vis = overlay(image, mask, ignore_index=-1)
             files.append(f"{stem}_vis.jpg")
-            storage.write_bytes(storage.join(output, files[2]), cv2.imencode(".jpg", cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))[1].tobytes())
-        storage.write_bytes(storage.join(output, files[1]), json.dumps(meta).encode())
-        status.append("done")
-        outputs.append(json.dumps(files))
-    return {"uri": batch["uri"], "rel": batch["rel"], "status": np.array(status, dtype=object),
-            "outputs": np.array(outputs, dtype=object), "error": batch["error"]}
+            storage.write_bytes(storage.join(self.output, files[2]), cv2.imencode(".jpg", cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))[1].tobytes())
+        storage.write_bytes(storage.join(self.output, files[1]), json.dumps(meta).encode())
+        return files
 
 
 def _read_jsonl(uri):
@@ -286,8 +279,7 @@ def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpu
     processed = len(collisions)  # inputs recorded by this run, as done or as errors
     if rows:
         actor_kw = {"device": device or ("gpu" if num_gpus else "cpu"), "cpu_threads": threads or max(int(num_cpus), 1),
-                    "target_size": target_size, "with_images": visualize, "write_kw": {"output": output, "model_name": info.model_name, "class_names": info.class_names,
-                                                   "visualize": visualize}}
+                    "target_size": target_size, "output": output, "visualize": visualize}
         ds = (
             ray.data.from_items(rows)
             .map_batches(read_images, fn_kwargs={"max_pixels": max_pixels, "max_bytes": max_bytes}, batch_size=batch_size, batch_format="numpy")
