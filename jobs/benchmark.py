@@ -5,6 +5,7 @@
     python jobs/benchmark.py train                         # 256x256 crops, batch 4 per worker
     python jobs/benchmark.py train --dataset-dir ../shared/data/camvid --iters 40
     python jobs/benchmark.py bulk                          # 200 and 2000 images
+    python jobs/benchmark.py serve                         # 1, 8, 32 clients, batching on and off
 
 predict: images/s of `create_model().predict` with save_to_img + save_to_json, against the bare
 exported-model forward on pre-decoded, pre-normalised arrays (the compute limit), and the forward
@@ -15,6 +16,11 @@ bulk: images/s of the bulk job (jobs/predict.py, a fresh local Ray, outputs writ
 sequential create_model().predict + save loop, and of the bare forward on pre-decoded arrays (the
 compute limit), plus the bulk job's peak memory (RSS summed over its process tree: driver, Ray
 services and workers) at N and 10 N images.
+
+serve: a closed-loop load test of the Serve app (jobs/serve.py's app, a fresh local Ray) at 1, 8
+and 32 concurrent clients, with dynamic batching (max 8) and without, bounded by --requests and
+--seconds per row: requests/s, p50 and p99 latency, errors; beside the bulk job's images/s on the
+same images, and the time to write a 2048x1024 labelMap as JSON.
 
 train: training images/s of jobs/train.py's Ray Train path with 1 worker and with 2 workers
 (gloo), against the bare Paddle forward + backward + step on random arrays in one process with
@@ -80,7 +86,7 @@ def bench_predict(args, work):
     from raysegment.infer.engines import CPU_RUN_MODES, InferenceEngine, LayerEngine, resolve_device
     from raysegment.infer.export import load_checkpoint
 
-    args.n = args.n or 100
+    args.n, args.batch_size = args.n or 100, args.batch_size or 1
     model_dir = args.model_dir or untrained_model_dir(os.path.join(work, "model"))
     images = make_image_dir(os.path.join(work, "images"), args.n)
     out_dir = os.path.join(work, "out")
@@ -238,12 +244,15 @@ def tree_rss_bytes(root_pid):
     return total
 
 
-def run_bulk_job(model_dir, images, out, batch_size):
-    """jobs/predict.py in a fresh process (its own local Ray); returns (summary, peak RSS bytes)."""
+def run_bulk_job(model_dir, images, out, batch_size, actors=1, threads=None):
+    """jobs/predict.py in a fresh process (its own local Ray) with `actors` predictor actors of
+    `threads` Paddle threads each, reserving the CPUs Ray Data's tasks leave; returns (summary, peak RSS bytes)."""
     import subprocess
 
+    cpus = os.cpu_count()
     cmd = [sys.executable, os.path.join(ROOT, "jobs", "predict.py"), "--model-dir", model_dir, "--input", images, "--output", out,
-           "-o", f"Ray.predict_batch_size={batch_size}", "-o", "Ray.cpus_per_actor=1", "-o", f"Ray.threads_per_actor={os.cpu_count()}"]
+           "-o", f"Ray.predict_batch_size={batch_size}", "-o", f"Ray.predict_concurrency={actors}",
+           "-o", f"Ray.cpus_per_actor={max(cpus - 1, 1) / actors:g}", "-o", f"Ray.threads_per_actor={threads or cpus}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
     while proc.poll() is None:
@@ -253,64 +262,222 @@ def run_bulk_job(model_dir, images, out, batch_size):
         return json.load(f), peak
 
 
-def bench_bulk(args, work):
+def _forward_worker(model_dir, images, threads, batch_size, barrier, results):
     import numpy as np
 
-    import raysegment
     from raysegment.data.image import decode_image
+    from raysegment.infer import Predictor
 
-    n = args.n or 200
+    predictor = Predictor.load(model_dir, device="cpu", cpu_threads=threads)
+    inputs = [predictor.preprocess(decode_image(open(p, "rb").read(), p)) for p in images]
+    batches = [np.stack(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    predictor.engine(batches[0])
+    barrier.wait()  # every process starts timing together
+    start = time.perf_counter()
+    for b in batches:
+        predictor.engine(b)
+    results.put(time.perf_counter() - start)
+
+
+def bare_forward_rate(model_dir, images, processes, threads, batch_size, repeats=2):
+    """images/s of the bare forward on pre-decoded arrays, `images` split over `processes` concurrent
+    processes of `threads` Paddle threads each; best of `repeats`."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    best = float("inf")
+    for _ in range(repeats):
+        barrier, results = ctx.Barrier(processes), ctx.Queue()
+        procs = [ctx.Process(target=_forward_worker, args=(model_dir, images[k::processes], threads, batch_size, barrier, results))
+                 for k in range(processes)]
+        for proc in procs:
+            proc.start()
+        best = min(best, max(results.get() for _ in procs))
+        for proc in procs:
+            proc.join()
+    return len(images) / best
+
+
+def bench_bulk(args, work):
+    import raysegment
+
+    n, cpus, batch = args.n or 200, os.cpu_count(), args.batch_size or 4
     model_dir = args.model_dir or untrained_model_dir(os.path.join(work, "model"))
     small = make_image_dir(os.path.join(work, "images_n"), n)
     large = make_image_dir(os.path.join(work, "images_10n"), 10 * n)
-    model = raysegment.create_model(model_dir=model_dir)
     paths = sorted(os.path.join(small, f) for f in os.listdir(small))
-    rgb = [decode_image(open(p, "rb").read(), p) for p in paths]
-    batches = [np.stack([model.predictor.preprocess(img) for img in rgb[i : i + args.batch_size]]) for i in range(0, n, args.batch_size)]
-    model.predictor.engine(batches[0])
-    rows = {"bare forward, pre-decoded (compute limit)": timed(lambda: [model.predictor.engine(b) for b in batches], n)}
+    # Two ways to spend the CPUs on the bare forward; the faster is the compute limit. On 2 cores,
+    # one process with 2 Paddle threads is slower than 2 single-thread processes side by side.
+    layouts = {f"1 process x {cpus} threads": (1, cpus), f"{cpus} processes x 1 thread": (cpus, 1)}
+    limits = {name: bare_forward_rate(model_dir, paths, p, t, batch) for name, (p, t) in layouts.items()}
+    best = max(limits, key=limits.get)
+    actors, threads = layouts[best]
+    model = raysegment.create_model(model_dir=model_dir)
 
     def sequential():
-        for res in model.predict(small, batch_size=args.batch_size):
+        for res in model.predict(small, batch_size=batch):
             res.save_to_img(os.path.join(work, "seq"))
             res.save_to_json(os.path.join(work, "seq"))
 
-    rows["sequential create_model().predict + save"] = timed(sequential, n, repeats=1)
-    summary_n, peak_n = run_bulk_job(model_dir, small, os.path.join(work, "bulk_n"), 8)
-    summary_10n, peak_10n = run_bulk_job(model_dir, large, os.path.join(work, "bulk_10n"), 8)
+    rows = {f"bare forward, pre-decoded, {name}": rate for name, rate in limits.items()}
+    rows[f"sequential create_model().predict + save ({cpus} threads)"] = timed(sequential, n, repeats=1)
+    summary_n, peak_n = run_bulk_job(model_dir, small, os.path.join(work, "bulk_n"), batch, actors, threads)
+    summary_10n, peak_10n = run_bulk_job(model_dir, large, os.path.join(work, "bulk_10n"), batch, actors, threads)
     assert summary_n["done"] == n and summary_10n["done"] == 10 * n, (summary_n, summary_10n)
     rows[f"bulk job, {n} images (jobs/predict.py, outputs written)"] = summary_n["images_per_s"]
     rows[f"bulk job, {10 * n} images"] = summary_10n["images_per_s"]
-    limit = rows["bare forward, pre-decoded (compute limit)"]
-    print(f"\nbulk benchmark: {n} and {10 * n} images 480x360, {os.cpu_count()} CPUs, "
-          f"1 actor x {os.cpu_count()} threads, batch 8 ({'untrained ' if not args.model_dir else ''}PP-LiteSeg-T)")
-    print(f"{'measurement':56s} {'images/s':>10s}")
+    limit, seq = limits[best], rows[f"sequential create_model().predict + save ({cpus} threads)"]
+    print(f"\nbulk benchmark: {n} and {10 * n} images 480x360, {cpus} CPUs, batch {batch}, "
+          f"{'untrained ' if not args.model_dir else ''}PP-LiteSeg-T; bulk job: {actors} actor(s) x {threads} thread(s)")
+    print(f"{'measurement':62s} {'images/s':>10s}")
     for name, value in rows.items():
-        print(f"{name:56s} {value:>10.2f}")
+        print(f"{name:62s} {value:>10.2f}")
     ratios = {"bulk_n_over_limit": summary_n["images_per_s"] / limit, "bulk_10n_over_limit": summary_10n["images_per_s"] / limit,
-              "bulk_n_over_sequential": summary_n["images_per_s"] / rows["sequential create_model().predict + save"],
-              "peak_memory_10n_over_n": peak_10n / peak_n}
-    print(f"{'bulk (N) / compute limit':56s} {ratios['bulk_n_over_limit']:>10.3f}")
-    print(f"{'bulk (10 N) / compute limit':56s} {ratios['bulk_10n_over_limit']:>10.3f}")
-    print(f"{'bulk (N) / sequential':56s} {ratios['bulk_n_over_sequential']:>10.3f}")
-    print(f"{'peak memory, N images (MB)':56s} {peak_n / 2**20:>10.0f}")
-    print(f"{'peak memory, 10 N images (MB)':56s} {peak_10n / 2**20:>10.0f}")
-    print(f"{'peak memory 10 N / N':56s} {ratios['peak_memory_10n_over_n']:>10.3f}")
-    return {"n": n, "images_per_s": rows, "peak_rss_mb": {"n": peak_n / 2**20, "10n": peak_10n / 2**20}, **ratios}
+              "bulk_n_over_sequential": summary_n["images_per_s"] / seq, "peak_memory_10n_over_n": peak_10n / peak_n}
+    print(f"{'bulk (N) / compute limit (' + best + ')':62s} {ratios['bulk_n_over_limit']:>10.3f}")
+    print(f"{'bulk (10 N) / compute limit':62s} {ratios['bulk_10n_over_limit']:>10.3f}")
+    print(f"{'bulk (N) / sequential':62s} {ratios['bulk_n_over_sequential']:>10.3f}")
+    print(f"{'peak memory, N images (MB)':62s} {peak_n / 2**20:>10.0f}")
+    print(f"{'peak memory, 10 N images (MB)':62s} {peak_10n / 2**20:>10.0f}")
+    print(f"{'peak memory 10 N / N':62s} {ratios['peak_memory_10n_over_n']:>10.3f}")
+    return {"n": n, "layout": {"actors": actors, "threads": threads, "batch_size": batch}, "images_per_s": rows,
+            "peak_rss_mb": {"n": peak_n / 2**20, "10n": peak_10n / 2**20}, **ratios}
 
 
-BENCHMARKS = {"predict": bench_predict, "train": bench_train, "bulk": bench_bulk}
+def load_test(url, bodies, clients, max_requests, max_seconds):
+    """Closed loop: `clients` threads, each with its own keep-alive connection, send the next body as
+    soon as their previous answer is in, until `max_requests` are sent or `max_seconds` pass.
+    Returns requests/s, p50 and p99 latency (ms) and the count of non-200 or non-zero errorCode answers."""
+    import http.client
+    import itertools
+    import threading
+    from urllib.parse import urlparse
+
+    import numpy as np
+
+    host, port = urlparse(url).hostname, urlparse(url).port
+    tickets, lock = itertools.count(), threading.Lock()
+    latencies, errors = [], []
+    start = time.perf_counter()
+
+    def client():
+        conn = http.client.HTTPConnection(host, port, timeout=120)
+        while True:
+            with lock:
+                i = next(tickets)
+            if i >= max_requests or time.perf_counter() - start > max_seconds:
+                break
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/semantic-segmentation", bodies[i % len(bodies)], {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                answer = resp.read()
+                ok = resp.status == 200 and b'"errorCode":0' in answer[:200]  # our envelope starts with it
+            except OSError as e:
+                ok, answer = False, repr(e).encode()
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=120)
+            with lock:
+                (latencies if ok else errors).append(time.perf_counter() - t if ok else answer[:200])
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {"requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "errors": len(errors), "requests": len(latencies) + len(errors),
+            "first_error": errors[0].decode(errors="replace") if errors else None}
+
+
+def time_label_map_encoding(h=1024, w=2048, num_classes=19):
+    """ms to write a label map as the JSON labelMap list: the app's orjson path and json.dumps(tolist())."""
+    import numpy as np
+    import orjson
+
+    mask = np.random.default_rng(0).integers(0, num_classes, (h, w), dtype=np.int32)
+    fast = timed_ms(lambda: orjson.dumps({"labelMap": mask.ravel()}, option=orjson.OPT_SERIALIZE_NUMPY))
+    slow = timed_ms(lambda: json.dumps({"labelMap": mask.ravel().tolist()}))
+    return fast, slow
+
+
+def timed_ms(fn, repeats=3):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def bench_serve(args, work):
+    """Load test of the Serve app on a local Ray, batching on and off, plus the bulk job on the same images."""
+    import base64
+    import socket
+
+    import ray
+    from ray import serve
+
+    from raysegment.serve import build_app
+
+    n = args.n or 200
+    model_dir = args.model_dir or untrained_model_dir(os.path.join(work, "model"))
+    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
+    bodies = [json.dumps({"image": base64.b64encode(open(p, "rb").read()).decode()}).encode() for p in samples]
+    # the layout bench_bulk finds fastest on CPU: one single-thread replica (and bulk actor) per CPU
+    cpus, batch_size = os.cpu_count(), args.batch_size or 4
+    bulk, _ = run_bulk_job(model_dir, make_image_dir(os.path.join(work, "images"), n), os.path.join(work, "bulk"), batch_size, cpus, 1)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+    url = f"http://127.0.0.1:{port}"
+    rows = {}
+    for batch in (batch_size, 1):
+        serve.run(build_app({"model_dir": model_dir, "max_batch_size": batch, "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 64,
+                             "num_replicas": cpus, "cpus_per_replica": 1, "threads_per_replica": 1}), name="bench", route_prefix="/")
+        load_test(url, bodies, 2 * cpus, 4 * cpus, 60)  # warm-up: every replica's first forward pass
+        for clients in (1, 8, 32):
+            key = f"{f'batching (max {batch})' if batch > 1 else 'no batching'}, {clients} clients"
+            rows[key] = load_test(url, bodies, clients, max(args.requests, 4 * clients), args.seconds)
+    serve.shutdown()
+    ray.shutdown()
+    fast, slow = time_label_map_encoding()
+    batched, unbatched = rows[f"batching (max {batch_size}), 32 clients"], rows["no batching, 32 clients"]
+    ratios = {"batched_over_unbatched_32": batched["requests_per_s"] / unbatched["requests_per_s"],
+              "batched_32_over_bulk": batched["requests_per_s"] / bulk["images_per_s"]}
+    print(f"\nserve benchmark: POST /semantic-segmentation with base64 JPEGs 480x360, {cpus} replicas x 1 thread, "
+          f"{cpus} CPUs ({'untrained ' if not args.model_dir else ''}PP-LiteSeg-T); closed loop, "
+          f"at most {args.requests} requests or {args.seconds:g} s per row")
+    print(f"{'setting':34s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s} {'requests':>9s}")
+    for name, r in rows.items():
+        print(f"{name:34s} {r['requests_per_s']:>8.2f} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['errors']:>7d} {r['requests']:>9d}")
+    print(f"{'bulk job, same images (images/s)':34s} {bulk['images_per_s']:>8.2f}")
+    print(f"batched / unbatched at 32 clients: {ratios['batched_over_unbatched_32']:.3f}; "
+          f"batched at 32 clients / bulk job: {ratios['batched_32_over_bulk']:.3f}")
+    print(f"labelMap JSON for a 2048x1024 map: {fast:.1f} ms (orjson, as served) vs {slow:.0f} ms (json.dumps of .tolist())")
+    return {"rows": rows, "bulk_images_per_s": bulk["images_per_s"], **ratios,
+            "label_map_encoding_ms": {"orjson": fast, "json_tolist": slow, "shape": [1024, 2048]}}
+
+
+BENCHMARKS = {"predict": bench_predict, "train": bench_train, "bulk": bench_bulk, "serve": bench_serve}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("which", choices=sorted(BENCHMARKS))
     parser.add_argument("--n", type=int, help="number of images (predict: 100, bulk: 200 and 10x that)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, help="images per forward (predict: 1, bulk: 4)")
     parser.add_argument("--model-dir", help="exported inference folder (default: an untrained PP-LiteSeg-T)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iters", type=int, default=30, help="train: iterations per measurement")
     parser.add_argument("--dataset-dir", help="train: a SegDataset (default: one made from the bundled images)")
+    parser.add_argument("--requests", type=int, default=120, help="serve: most requests per row")
+    parser.add_argument("--seconds", type=float, default=40, help="serve: most seconds per row")
     parser.add_argument("--json", help="where to write the results (default output/benchmarks/<which>.json)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="raysegment-bench-") as work:

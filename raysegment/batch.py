@@ -206,15 +206,15 @@ class PredictActor(PredictorActor):
         """Mask PNG, overlay and JSON of one image, each file written atomically; JSON last."""
         from .data.visualize import encode_label_png, overlay
 
+        from .infer.result import pixel_counts
+
         stem = os.path.splitext(rel)[0]
-        mask = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
-        counts = np.bincount(mask.ravel(), minlength=len(self.class_names))
-        names = self.class_names or [f"class_{k}" for k in range(len(counts))]
         files = [f"{stem}.png", f"{stem}.json"]
         storage.write_bytes(storage.join(self.output, files[0]), encode_label_png(mask))
+        counts = pixel_counts(mask, self.class_names)
         meta = {"uri": str(uri), "width": int(mask.shape[1]), "height": int(mask.shape[0]), "model": self.model_name,
-                "mask": os.path.basename(files[0]), "class_names": list(names),
-                "pixel_counts": {n: int(c) for n, c in zip(names, counts) if c}, "timings_s": timings}
+                "mask": os.path.basename(files[0]), "class_names": self.class_names or [f"class_{k}" for k in range(int(mask.max(initial=0)) + 1)], "pixel_counts": counts,
+                "timings_s": timings}
         if self.visualize:
             vis = overlay(image, mask, ignore_index=-1)
             files.append(f"{stem}_vis.jpg")

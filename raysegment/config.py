@@ -140,6 +140,47 @@ class RaySection:
 
 
 @dataclass
+class ServeOptions:
+    """The Ray Serve app (raysegment/serve.py): `args` of configs/serve.yaml, or jobs/serve.py's
+    `-o key=value`. Not a model-config section: a PaddleX model YAML has no serving part."""
+
+    model_dir: str | None = None  # exported inference folder or checkpoint
+    host: str = "127.0.0.1"  # jobs/serve.py only; in a Serve config file, http_options.host
+    port: int = field(default=8000, metadata=_min(1))
+    device: str | None = None  # None: gpu when the replica has one, else cpu
+    run_mode: str | None = field(default=None, metadata=_choice(None, "paddle", "mkldnn"))
+    # dynamic batching: a forward pass takes up to max_batch_size waiting requests; 1 turns it off
+    max_batch_size: int = field(default=8, metadata=_min(1))
+    batch_wait_timeout_s: float = field(default=0.01, metadata=_min(0.0))
+    # requests a replica holds at once (queued + in a batch); at least max_batch_size
+    max_ongoing_requests: int = field(default=32, metadata=_min(1))
+    num_replicas: int = field(default=1, metadata=_min(1))
+    # Serve's autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...);
+    # replaces num_replicas when set
+    autoscaling: dict | None = None
+    cpus_per_replica: float = field(default=1.0, metadata=_min(0.0))
+    gpus_per_replica: float = field(default=0.0, metadata=_min(0.0))
+    threads_per_replica: int | None = field(default=None, metadata=_min(1))  # None: cpus_per_replica
+    target_size: int | list[int] | None = None  # a request's targetSize wins
+    visualize: bool = False  # whether answers carry the overlay when a request does not say
+    max_body_bytes: int = field(default=20_000_000, metadata=_min(1))
+    max_image_pixels: int = field(default=40_000_000, metadata=_min(1))
+    request_timeout_s: float = field(default=60.0, metadata=_min(0.0))  # jobs/serve.py; Serve's http_options
+    # URL inputs: off unless enabled, and then only http(s) to these host names (or host:port)
+    allow_url_inputs: bool = False
+    url_allowlist: list[str] = field(default_factory=list)
+
+
+def parse_options(cls, raw, where, overrides=()):
+    """A dict (e.g. a Serve config's `args`) plus `key=value` overrides -> dataclass `cls`, checked
+    as config sections are."""
+    raw = dict(raw or {})
+    for item in overrides:
+        _apply_override(raw, item, cls, where)
+    return _build(cls, raw, where)
+
+
+@dataclass
 class Config:
     Global: GlobalSection = field(default_factory=GlobalSection)
     CheckDataset: CheckDatasetSection = field(default_factory=CheckDatasetSection)
@@ -190,19 +231,21 @@ def _check_model(cfg):
         raise ConfigError(f"Predict.target_size: expected -1, a positive int or [width, height], got {size!r}")
 
 
-def _apply_override(raw, item):
-    """'Section.key=value' (or 'Section.sub.key=value') -> raw[Section][key] = parsed value."""
+def _apply_override(raw, item, root=Config, where="config"):
+    """'Section.key=value' (or 'Section.sub.key=value'; 'key=value' below another root) ->
+    raw[Section][key] = parsed value."""
     name, sep, text = item.partition("=")
+    form = "Section.key=value" if root is Config else "key=value"
     if not sep or not name.strip():
-        raise ConfigError(f"override {item!r} is not of the form Section.key=value")
+        raise ConfigError(f"override {item!r} is not of the form {form}")
     parts = name.strip().split(".")
-    if len(parts) < 2:
+    if root is Config and len(parts) < 2:
         raise ConfigError(f"override {item!r} must name a section and a key, e.g. Train.batch_size=8")
-    typ, node = Config, raw
+    typ, node = root, raw
     for depth, part in enumerate(parts):
         hints = get_type_hints(typ)
         if part not in hints:
-            raise ConfigError(_unknown(".".join(parts[:depth]) or "config", part, hints))
+            raise ConfigError(_unknown(".".join(parts[:depth]) or where, part, hints))
         typ = hints[part]
         if depth < len(parts) - 1:
             if not dataclasses.is_dataclass(typ):
@@ -288,6 +331,8 @@ def _coerce(value, typ, name):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
     if typ is bool and isinstance(value, bool):
+        return value
+    if typ is dict and isinstance(value, dict):
         return value
     if typ is int and isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -70,7 +70,7 @@ def exists(uri):
 def read_bytes(uri, max_bytes=None):
     """All bytes at `uri`; StorageError naming the uri when it is missing or unreachable."""
     if is_url(uri):
-        return _read_url(uri, max_bytes)
+        return read_url(uri, max_bytes)
     if is_s3(uri):
         return _read_s3(uri)
     try:
@@ -84,9 +84,17 @@ def read_bytes(uri, max_bytes=None):
         raise StorageError(f"cannot read {uri!r}: {e.strerror or e}") from None
 
 
-def _read_url(url, max_bytes):
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+def read_url(url, max_bytes=None, follow_redirects=True, timeout=HTTP_TIMEOUT_S):
+    """GET `url`; without `follow_redirects` a 3xx answer is an error (a checked host cannot hand
+    the request on to an unchecked one)."""
+    opener = urllib.request.build_opener(*([] if follow_redirects else [_NoRedirect]))
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
+        with opener.open(url, timeout=timeout) as resp:
             data = resp.read(max_bytes + 1 if max_bytes else -1)
     except urllib.error.HTTPError as e:
         raise StorageError(f"GET {url} answered HTTP {e.code} {e.reason}") from None

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models and images made here, a real local HTTP server and a real S3
 endpoint (moto's server mode) on 127.0.0.1. Nothing here needs the team-shared data folder or the network."""
 
+import contextlib
 import functools
 import http.server
 import logging
@@ -74,17 +75,26 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def serve_folder(root):
+    """A real HTTP server on 127.0.0.1 serving `root`; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def http_root(tmp_path):
     """(folder, base_url): a real HTTP server on 127.0.0.1 serving `folder`."""
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_folder(root) as url:
+        yield root, url
 
 
 @pytest.fixture(scope="session")

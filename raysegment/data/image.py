@@ -7,6 +7,8 @@ that names the input. OpenCV >= 5 refuses truncated JPEGs and PNGs outright (4.x
 JPEG into a half-grey image with only a warning), hence the version floor in pyproject.toml.
 """
 
+import io
+
 import cv2
 import numpy as np
 
@@ -15,25 +17,45 @@ class ImageError(ValueError):
     pass
 
 
+class ImageTooLarge(ImageError):
+    def __init__(self, message, pixels, limit):
+        super().__init__(message)
+        self.pixels, self.limit = pixels, limit
+
+
 def decode_image(data, name="image", max_pixels=None):
     """bytes -> (H, W, 3) uint8 RGB; ImageError naming `name` for empty, truncated or non-image bytes."""
     if not data:
         raise ImageError(f"{name} is empty (0 bytes)")
+    if max_pixels:
+        _check_header_size(data, name, max_pixels)  # before decoding: a small file can hold a huge image
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError(f"{name} is not a decodable image (damaged, truncated or not an image format OpenCV reads)")
     return to_rgb8(img, name, max_pixels)
 
 
+def _check_header_size(data, name, max_pixels):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        width, height = Image.open(io.BytesIO(data)).size  # reads the header only
+    except (UnidentifiedImageError, OSError, ValueError):
+        return  # a format Pillow does not know: OpenCV decides, and to_rgb8 checks the size after
+    _check_pixels(width, height, name, max_pixels)
+
+
+def _check_pixels(width, height, name, max_pixels):
+    if max_pixels and width * height > max_pixels:
+        raise ImageTooLarge(f"{name} has {width}x{height} pixels, over the limit of {max_pixels}; "
+                            "resize it or raise Predict.max_image_pixels", width * height, max_pixels)
+
+
 def to_rgb8(img, name="image", max_pixels=None):
     """An ndarray as decoded by OpenCV (BGR/BGRA/gray, 8 or 16 bit) -> (H, W, 3) uint8 RGB."""
     if img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
         raise ImageError(f"{name} has shape {img.shape}; expected a non-empty H x W (x C) image")
-    if max_pixels and img.shape[0] * img.shape[1] > max_pixels:
-        raise ImageError(
-            f"{name} has {img.shape[1]}x{img.shape[0]} pixels, over the limit of {max_pixels}; "
-            "resize it or raise Predict.max_image_pixels"
-        )
+    _check_pixels(img.shape[1], img.shape[0], name, max_pixels)
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:

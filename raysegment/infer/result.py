@@ -35,6 +35,13 @@ def encode_mask_png(label_map):
     return buf.tobytes()
 
 
+def pixel_counts(label_map, class_names):
+    """{class name: pixels} of the classes present (unnamed classes are class_<k>)."""
+    counts = np.bincount(np.asarray(label_map).ravel(), minlength=len(class_names or ()))
+    names = list(class_names or ()) + [f"class_{k}" for k in range(len(class_names or ()), len(counts))]
+    return {n: int(c) for n, c in zip(names, counts) if c}
+
+
 def decode_mask(pred_json):
     """The `pred` entry of our JSON -> (H, W) label map."""
     data = base64.b64decode(pred_json["data"])

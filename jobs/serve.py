@@ -1,0 +1,58 @@
+"""Serve a model over HTTP on Ray Serve (PaddleX's serving protocol) until Ctrl-C or SIGTERM.
+
+    python jobs/serve.py --model-dir raysegment/data/models/PP-LiteSeg-T_camvid
+    python jobs/serve.py --model-dir MODEL --host 0.0.0.0 --port 8000 -o max_batch_size=16 -o num_replicas=4 -o gpus_per_replica=1
+    python jobs/serve.py -c configs/serve.yaml -o allow_url_inputs=true -o "url_allowlist=[images.example.com]"
+    serve run configs/serve.yaml                      # the same app through Serve's own CLI
+
+    curl -s -X POST localhost:8000/predict --data-binary @image.jpg -H 'Content-Type: image/jpeg'
+    curl -s -X POST localhost:8000/semantic-segmentation -H 'Content-Type: application/json' \
+        -d "{\"image\": \"$(base64 -w0 image.jpg)\"}"
+
+-c reads the `args` and `http_options` of a Serve config file (configs/serve.yaml); -o sets one
+of its args (see ServeOptions in raysegment/config.py). Binds 127.0.0.1 unless --host says otherwise.
+Connects to RAY_ADDRESS (or -o address=...) when set, else starts a local Ray.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from raysegment.cli import run  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-c", "--config", help="a Serve config file, e.g. configs/serve.yaml")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="key=value", help="set one app arg; repeatable")
+    parser.add_argument("--model-dir", help="exported inference folder or checkpoint (model_dir)")
+    parser.add_argument("--host", help="address to bind (host); default 127.0.0.1")
+    parser.add_argument("--port", type=int, help="port (port); default 8000")
+    parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or a local Ray")
+    args = parser.parse_args(argv)
+
+    from raysegment.serve import load_serve_config, start
+
+    opts = load_serve_config(args.config, args.override, model_dir=args.model_dir, host=args.host, port=args.port)
+    url = start(opts, ray_address=args.address)
+    print(f"serving {opts.model_dir} at {url} (POST /semantic-segmentation, POST /predict, GET /ready); Ctrl-C stops", flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append("SIGTERM"))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        stop.append("Ctrl-C")
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+    print(f"{stop[0] if stop else 'stopped'}: service shut down", flush=True)
+
+
+if __name__ == "__main__":
+    run(main)

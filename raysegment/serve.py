@@ -1,0 +1,311 @@
+"""Ray Serve app: HTTP <-> the shared Predictor, in PaddleX's serving protocol.
+
+    serve run configs/serve.yaml
+    python jobs/serve.py --model-dir MODEL [--host 127.0.0.1] [--port 8000]
+
+    POST /semantic-segmentation  {"image": base64 or http(s) URL, "targetSize": -1 | N | [w, h], "visualize": bool}
+        -> {"logId", "errorCode": 0, "errorMsg": "Success",
+            "result": {"labelMap": [h*w ints, row-major], "size": [h, w], "image": base64 JPEG or null}}
+    POST /predict  raw image bytes (image/* or application/octet-stream), or multipart/form-data
+                   with the image in field "file"
+        -> {"logId", "width", "height", "model", "class_names", "pixel_counts",
+            "mask": {"encoding": "png+base64", "shape": [h, w], "data": ...}}
+    GET  /health   {"logId", "errorCode": 0, "errorMsg": "Healthy"}, as PaddleX answers
+    GET  /ready    the model, its classes, device and batching
+
+Every error keeps the envelope {"logId", "errorCode": <HTTP status>, "errorMsg": <what and what to
+do>}: 4xx for a bad request, and the replica carries on. `build_app(args)` makes the application;
+nothing starts at import.
+"""
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import logging
+import os
+import re
+import socket
+import uuid
+from urllib.parse import urlparse
+
+import cv2
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from ray import serve
+from starlette.exceptions import HTTPException
+
+from . import storage
+from .config import ServeOptions, parse_options
+from .data.image import ImageError, ImageTooLarge, decode_image
+from .data.visualize import colorize
+from .infer.result import encode_mask_png, pixel_counts
+
+log = logging.getLogger(__name__)
+api = FastAPI(title="raysegment", docs_url=None, redoc_url=None)
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+
+
+class RequestError(Exception):
+    """A bad request: answered with `status` and `message` in the envelope."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _json(payload, status=200):
+    # orjson writes a numpy label map straight to JSON text: ~100x faster than .tolist() + json
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type="application/json")
+
+
+def _envelope(status, message):
+    return _json({"logId": str(uuid.uuid4()), "errorCode": status, "errorMsg": message}, status)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(request, exc):
+    return _envelope(exc.status, exc.message)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request, exc):  # unknown route, wrong method
+    return _envelope(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request, exc):
+    log.exception("unexpected error on %s", request.url.path)
+    return _envelope(500, f"internal error ({type(exc).__name__}); the request was not processed")
+
+
+async def read_body(request, limit):
+    """The request body, refused with 413 as soon as it passes `limit` bytes (Serve's proxy has no
+    body limit of its own, and a chunked body has no Content-Length to check first)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the request body is {declared} bytes, over this service's limit of {limit} (max_body_bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the request body is over this service's limit of {limit} bytes (max_body_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_url(url, opts):
+    """Refuse a URL input unless URL inputs are on, it is http(s), its host is allowlisted and it
+    does not resolve to a link-local (cloud metadata) address."""
+    if not opts.allow_url_inputs:
+        raise RequestError(403, "URL inputs are off on this service; send the image as base64 "
+                                "(or start the service with allow_url_inputs and a url_allowlist)")
+    parsed = urlparse(url)
+    host = (parsed.hostname or "").lower()
+    netloc = f"{host}:{parsed.port}" if parsed.port else host
+    if not host or (host not in opts.url_allowlist and netloc not in opts.url_allowlist):
+        raise RequestError(403, f"URL host {netloc or '(none)'!r} is not in this service's url_allowlist")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, parsed.port or 80)}
+    except OSError:
+        raise RequestError(400, f"URL host {host!r} does not resolve") from None
+    if any(ipaddress.ip_address(a.split("%")[0]).is_link_local for a in addresses):
+        raise RequestError(403, f"URL host {host!r} resolves to a link-local address; those are never fetched")
+
+
+def image_bytes(field, opts):
+    """PaddleX's `image` field: an http(s) URL or base64 bytes."""
+    if not isinstance(field, str) or not field:
+        raise RequestError(422, "field 'image' must be a non-empty string: base64 image bytes or an http(s) URL")
+    scheme = _SCHEME.match(field)
+    if scheme and scheme.group(1).lower() in ("http", "https"):
+        check_url(field, opts)
+        try:
+            return storage.read_url(field, max_bytes=opts.max_body_bytes, follow_redirects=False, timeout=10)
+        except storage.StorageError as e:
+            raise RequestError(400, f"cannot fetch the image URL: {e}") from None
+    if scheme and len(scheme.group(1)) > 1:  # one letter would be a Windows drive; both are refused
+        raise RequestError(403, f"{scheme.group(1)}: URLs are not accepted; send base64 image bytes or an http(s) URL")
+    try:
+        return base64.b64decode(field, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, "field 'image' is neither valid base64 nor an http(s) URL; "
+                                "send the file's bytes base64-encoded") from None
+
+
+def decode(data, opts):
+    try:
+        return decode_image(data, name="the image", max_pixels=opts.max_image_pixels)
+    except ImageTooLarge as e:
+        raise RequestError(413, f"the image has {e.pixels} pixels, over this service's limit of {e.limit} "
+                                "(max_image_pixels); send a smaller image") from None
+    except ImageError as e:
+        raise RequestError(400, str(e)) from None
+
+
+def parse_target_size(value):
+    from .infer.predictor import check_target_size
+
+    if isinstance(value, list):
+        value = tuple(value)
+    try:
+        return check_target_size(value)
+    except (ValueError, TypeError) as e:
+        raise RequestError(422, f"field 'targetSize': {e}") from None
+
+
+@serve.deployment
+@serve.ingress(api)
+class Segmenter:
+    """One Predictor per replica; concurrent requests share forward passes (dynamic batching)."""
+
+    def __init__(self, options):
+        from .infer import Predictor
+
+        self.opts = parse_options(ServeOptions, options, "args")
+        o = self.opts
+        device = o.device or ("gpu" if o.gpus_per_replica else "cpu")
+        self.predictor = Predictor.load(o.model_dir, device=device, target_size=o.target_size, run_mode=o.run_mode,
+                                        cpu_threads=o.threads_per_replica or max(int(o.cpus_per_replica), 1))
+        self.device = device
+        self.segment.set_max_batch_size(o.max_batch_size)
+        self.segment.set_batch_wait_timeout_s(o.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # the real values are set in __init__
+    async def segment(self, items):
+        """[(rgb, target_size)] -> label maps; the forward runs off the event loop, so requests
+        keep arriving (and decoding) while it computes."""
+        return await asyncio.to_thread(self._predict, items)
+
+    def _predict(self, items):
+        masks = [None] * len(items)
+        by_size = {}
+        for i, (_, size) in enumerate(items):
+            by_size.setdefault(size, []).append(i)
+        for size, idx in by_size.items():
+            for i, mask in zip(idx, self.predictor.predict([items[i][0] for i in idx], target_size=size)):
+                masks[i] = mask
+        return masks
+
+    async def _image_from_request(self, request):
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            body = await read_body(request, self.opts.max_body_bytes)
+
+            async def replay():  # the stream is consumed: hand the form parser the body read above
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            form = await Request(request.scope, replay).form()
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise RequestError(422, "multipart request has no file field named 'file'; send the image as file=@image.jpg")
+            data = await upload.read()
+        elif content_type.startswith("image/") or content_type == "application/octet-stream":
+            data = await read_body(request, self.opts.max_body_bytes)
+        else:
+            raise RequestError(415, f"content type {content_type or '(none)'!r} is not accepted here; send the image bytes "
+                                    "as image/* or application/octet-stream, or multipart/form-data with a 'file' field")
+        return await asyncio.to_thread(decode, data, self.opts)
+
+    @api.post("/semantic-segmentation")
+    async def semantic_segmentation(self, request: Request):
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise RequestError(415, f"content type {content_type or '(none)'!r}: send a JSON body (application/json) "
+                                    "with an 'image' field")
+        try:
+            body = orjson.loads(await read_body(request, self.opts.max_body_bytes))
+        except orjson.JSONDecodeError as e:
+            raise RequestError(422, f"the body is not valid JSON ({e})") from None
+        if not isinstance(body, dict) or "image" not in body:
+            raise RequestError(422, "the body must be a JSON object with an 'image' field (base64 or URL)")
+        unknown = set(body) - {"image", "targetSize", "visualize"}
+        if unknown:
+            raise RequestError(422, f"unknown field(s) {', '.join(sorted(unknown))}; accepted: image, targetSize, visualize")
+        visualize = body.get("visualize")
+        if visualize is not None and not isinstance(visualize, bool):
+            raise RequestError(422, "field 'visualize' must be true, false or null")
+        target_size = parse_target_size(body.get("targetSize"))
+        data = await asyncio.to_thread(image_bytes, body["image"], self.opts)
+        rgb = await asyncio.to_thread(decode, data, self.opts)
+        mask = await self.segment((rgb, target_size))
+        vis = None
+        if visualize if visualize is not None else self.opts.visualize:
+            vis = base64.b64encode(cv2.imencode(".jpg", cv2.cvtColor(colorize(mask), cv2.COLOR_RGB2BGR))[1]).decode()
+        result = {"labelMap": mask.ravel(), "size": list(mask.shape), "image": vis}
+        return await asyncio.to_thread(_json, {"logId": str(uuid.uuid4()), "errorCode": 0, "errorMsg": "Success", "result": result})
+
+    @api.post("/predict")
+    async def predict(self, request: Request):
+        rgb = await self._image_from_request(request)
+        mask = await self.segment((rgb, None))
+        h, w = mask.shape
+        names = self.predictor.class_names
+        png = base64.b64encode(encode_mask_png(mask)).decode()
+        return _json({"logId": str(uuid.uuid4()), "width": w, "height": h, "model": self.predictor.model_name,
+                      "class_names": names, "pixel_counts": pixel_counts(mask, names),
+                      "mask": {"encoding": "png+base64", "shape": [h, w], "data": png}})
+
+    @api.get("/health")
+    async def health(self):
+        return _json({"logId": str(uuid.uuid4()), "errorCode": 0, "errorMsg": "Healthy"})
+
+    @api.get("/ready")
+    async def ready(self):
+        o = self.opts
+        return _json({"ready": True, "model": self.predictor.model_name, "model_dir": o.model_dir,
+                      "class_names": self.predictor.class_names, "device": self.device,
+                      "max_batch_size": o.max_batch_size, "batch_wait_timeout_s": o.batch_wait_timeout_s})
+
+
+def build_app(args=None):
+    """The Serve application for `args` (ServeOptions keys; what configs/serve.yaml's `args` holds).
+    Replica count, autoscaling and resources come from the same args; a Serve config's own
+    `deployments:` entries still override them, as Serve does."""
+    opts = parse_options(ServeOptions, args, "args")
+    if not opts.model_dir:
+        raise ValueError("args.model_dir is not set: pass the exported inference folder (or checkpoint) to serve")
+    if not os.path.isdir(opts.model_dir):
+        raise ValueError(f"args.model_dir {opts.model_dir!r} is not a folder; pass an exported inference folder or checkpoint")
+    opts.model_dir = os.path.abspath(opts.model_dir)  # replicas may start in another working directory
+    if opts.max_ongoing_requests < opts.max_batch_size:
+        raise ValueError(f"args.max_ongoing_requests ({opts.max_ongoing_requests}) is below args.max_batch_size "
+                         f"({opts.max_batch_size}): batches could never fill; raise it")
+    scaling = {"autoscaling_config": opts.autoscaling} if opts.autoscaling else {"num_replicas": opts.num_replicas}
+    deployment = Segmenter.options(max_ongoing_requests=opts.max_ongoing_requests, **scaling,
+                                   ray_actor_options={"num_cpus": opts.cpus_per_replica, "num_gpus": opts.gpus_per_replica})
+    return deployment.bind(vars(opts))
+
+
+def load_serve_config(path=None, overrides=(), **flags):
+    """ServeOptions from a Serve config file (its one application's `args`, plus host, port and
+    request_timeout_s from `http_options`), then `key=value` overrides, then flags not None."""
+    import yaml
+
+    args = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ValueError(f"Serve config {path!r} cannot be read: {e.strerror or e}") from None
+        apps = [a for a in raw.get("applications") or [] if a.get("import_path") == "raysegment.serve:build_app"]
+        if len(apps) != 1:
+            raise ValueError(f"Serve config {path!r} must hold one application with import_path raysegment.serve:build_app")
+        args = dict(apps[0].get("args") or {})
+        http = raw.get("http_options") or {}
+        args.update({k: http[k] for k in ("host", "port", "request_timeout_s") if k in http})
+    args.update({k: v for k, v in flags.items() if v is not None})
+    return parse_options(ServeOptions, args, "args", overrides)
+
+
+def start(opts, ray_address=None, name="segmentation"):
+    """Deploy the app for `opts` (ServeOptions) on Ray (connecting or starting a local one) with
+    its HTTP proxy on opts.host:opts.port; returns the base URL. `serve.shutdown()` stops it."""
+    from .batch import init_ray
+
+    init_ray(ray_address)
+    serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s})
+    serve.run(build_app(vars(opts)), name=name, route_prefix="/")
+    return f"http://{opts.host}:{opts.port}"

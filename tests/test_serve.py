@@ -1,0 +1,229 @@
+"""The Ray Serve app on a local Ray, over real HTTP to 127.0.0.1."""
+
+import base64
+import concurrent.futures
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+import raysegment
+from raysegment.config import ConfigError
+from raysegment.infer import decode_mask
+
+from conftest import jpeg_bytes, png_bytes, random_image, serve_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIXEL_LIMIT = 300 * 300
+BODY_LIMIT = 1_000_000
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def www(tmp_path_factory):
+    root = tmp_path_factory.mktemp("www")
+    (root / "a.jpg").write_bytes(jpeg_bytes(random_image(64, 96, seed=11)))
+    (root / "sub").mkdir()  # GET /sub answers a 301 redirect to /sub/
+    with serve_folder(root) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, inference_dir, www):
+    """Two apps on one Serve instance: the defaults (URL inputs off) at /, and one that fetches URLs
+    from the local HTTP server at /urls."""
+    from ray import serve
+
+    from raysegment.serve import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
+    common = {"model_dir": inference_dir, "cpus_per_replica": 0.5, "threads_per_replica": 1, "max_batch_size": 4,
+              "batch_wait_timeout_s": 0.02, "max_image_pixels": PIXEL_LIMIT, "max_body_bytes": BODY_LIMIT}
+    serve.run(build_app(common), name="seg", route_prefix="/")
+    allowed = www.split("//")[1]
+    serve.run(build_app({**common, "allow_url_inputs": True, "url_allowlist": [allowed, "169.254.169.254"]}),
+              name="urls", route_prefix="/urls")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(inference_dir):
+    return raysegment.create_model(model_dir=inference_dir)
+
+
+def post(url, body, content_type="application/json"):
+    """(status, parsed JSON) of a POST; error statuses are answers too."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def expected(model, rgb, **kw):
+    """create_model().predict's mask for an RGB image (arrays go in as OpenCV's BGR, as in PaddleX)."""
+    return next(iter(model.predict(np.ascontiguousarray(rgb[:, :, ::-1]), **kw)))["pred"][0]
+
+
+def label_map(answer):
+    h, w = answer["result"]["size"]
+    return np.asarray(answer["result"]["labelMap"]).reshape(h, w)
+
+
+def test_label_map_equals_create_model(service, model):
+    img = random_image(72, 100, seed=3)
+    status, answer = post(f"{service}/semantic-segmentation", {"image": b64(jpeg_bytes(img))})
+    assert status == 200, answer
+    assert answer["errorCode"] == 0 and answer["errorMsg"] == "Success" and answer["logId"]
+    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg_bytes(img), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    mask = expected(model, decoded)
+    assert answer["result"]["size"] == [72, 100]
+    np.testing.assert_array_equal(label_map(answer), mask)
+    assert len(np.unique(mask)) > 1
+    assert answer["result"]["image"] is None
+
+
+def test_target_size_and_visualization(service, model):
+    img = random_image(64, 96, seed=4)
+    status, answer = post(f"{service}/semantic-segmentation", {"image": b64(png_bytes(img[:, :, ::-1])), "targetSize": [48, 32],
+                                                               "visualize": True})
+    assert status == 200, answer
+    np.testing.assert_array_equal(label_map(answer), expected(model, img, target_size=(48, 32)))
+    vis = cv2.imdecode(np.frombuffer(base64.b64decode(answer["result"]["image"]), np.uint8), cv2.IMREAD_COLOR)
+    assert vis.shape == (64, 96, 3)
+
+
+def test_predict_route_takes_raw_bytes_and_multipart(service, model):
+    img = random_image(50, 70, seed=5)
+    mask = expected(model, img)
+    status, raw = post(f"{service}/predict", png_bytes(img[:, :, ::-1]), "image/png")
+    assert status == 200, raw
+    np.testing.assert_array_equal(decode_mask(raw["mask"]), mask)
+    assert (raw["width"], raw["height"]) == (70, 50) and raw["class_names"] == ["sky", "road", "car"]
+    assert sum(raw["pixel_counts"].values()) == 50 * 70
+    assert raw["pixel_counts"] == {n: int((mask == k).sum()) for k, n in enumerate(raw["class_names"]) if (mask == k).any()}
+
+    boundary = "raysegmentboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + png_bytes(img[:, :, ::-1]) + f"\r\n--{boundary}--\r\n".encode()
+    status, multi = post(f"{service}/predict", body, f"multipart/form-data; boundary={boundary}")
+    assert status == 200, multi
+    np.testing.assert_array_equal(decode_mask(multi["mask"]), mask)
+
+
+def test_health_and_ready(service):
+    with urllib.request.urlopen(f"{service}/health", timeout=30) as resp:
+        assert json.loads(resp.read())["errorMsg"] == "Healthy"
+    with urllib.request.urlopen(f"{service}/ready", timeout=30) as resp:
+        ready = json.loads(resp.read())
+    assert ready["model"] == "PP-LiteSeg-T" and ready["class_names"] == ["sky", "road", "car"] and ready["max_batch_size"] == 4
+
+
+def test_url_input_from_an_allowlisted_host(service, www, model):
+    status, answer = post(f"{service}/urls/semantic-segmentation", {"image": f"{www}/a.jpg"})
+    assert status == 200, answer
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg_bytes(random_image(64, 96, seed=11)), np.uint8), cv2.IMREAD_COLOR),
+                       cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(label_map(answer), expected(model, rgb))
+
+
+def _big_jpeg():
+    return jpeg_bytes(random_image(400, 400, seed=6))  # 160000 pixels > PIXEL_LIMIT, ~30 kB
+
+
+def _cut_jpeg():
+    data = jpeg_bytes(random_image(64, 96, seed=7))
+    return data[: len(data) // 2]
+
+
+BAD_REQUESTS = {
+    # name: (route, body, content type, status, words the message must contain)
+    "malformed JSON": ("/semantic-segmentation", b'{"image": ', "application/json", 422, "not valid JSON"),
+    "missing field": ("/semantic-segmentation", {"visualize": True}, "application/json", 422, "'image'"),
+    "unknown field": ("/semantic-segmentation", {"image": "AAAA", "imgae": 1}, "application/json", 422, "imgae"),
+    "wrong field type": ("/semantic-segmentation", {"image": 5}, "application/json", 422, "'image'"),
+    "bad targetSize": ("/semantic-segmentation", {"image": "AAAA", "targetSize": "big"}, "application/json", 422, "targetSize"),
+    "bad base64": ("/semantic-segmentation", {"image": "not base64 at all!"}, "application/json", 400, "base64"),
+    "non-image bytes": ("/semantic-segmentation", {"image": b64(b"hello, not an image")}, "application/json", 400, "not a decodable image"),
+    "empty image": ("/predict", b"", "image/jpeg", 400, "empty"),
+    "truncated image": ("/semantic-segmentation", {"image": b64(_cut_jpeg())}, "application/json", 400, "not a decodable image"),
+    "over the pixel limit": ("/semantic-segmentation", {"image": b64(_big_jpeg())}, "application/json", 413, "max_image_pixels"),
+    "over the pixel limit, raw": ("/predict", _big_jpeg(), "image/jpeg", 413, "max_image_pixels"),
+    "oversized body": ("/predict", b"\xff" * (BODY_LIMIT + 10), "image/jpeg", 413, "max_body_bytes"),
+    "URL inputs off": ("/semantic-segmentation", {"image": "http://127.0.0.1:1/a.jpg"}, "application/json", 403, "URL inputs are off"),
+    "file URL": ("/urls/semantic-segmentation", {"image": "file:///etc/passwd"}, "application/json", 403, "file:"),
+    "host not allowed": ("/urls/semantic-segmentation", {"image": "http://example.com/a.jpg"}, "application/json", 403, "url_allowlist"),
+    "link-local host": ("/urls/semantic-segmentation", {"image": "http://169.254.169.254/latest/meta-data"}, "application/json", 403, "link-local"),
+    "wrong content type": ("/semantic-segmentation", b"image=abc", "application/x-www-form-urlencoded", 415, "application/json"),
+    "JSON to the raw route": ("/predict", {"image": "AAAA"}, "application/json", 415, "image/*"),
+    "multipart without file": ("/predict", b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
+                               "multipart/form-data; boundary=b", 422, "'file'"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_envelope_and_the_next_request_works(service, name):
+    route, body, content_type, want_status, words = BAD_REQUESTS[name]
+    status, answer = post(f"{service}{route}", body, content_type)
+    assert status == want_status, answer
+    assert answer["errorCode"] == want_status and answer["logId"]
+    assert words in answer["errorMsg"], answer["errorMsg"]
+    status, good = post(f"{service}{route.replace('semantic-segmentation', 'predict').replace('/urls', '')}",
+                        jpeg_bytes(random_image(32, 32, seed=8)), "image/jpeg")
+    assert status == 200, good
+
+
+def test_url_that_404s_and_redirects_are_refused(service, www):
+    status, answer = post(f"{service}/urls/semantic-segmentation", {"image": f"{www}/missing.jpg"})
+    assert status == 400 and "404" in answer["errorMsg"]
+    status, answer = post(f"{service}/urls/semantic-segmentation", {"image": f"{www}/sub"})
+    assert status == 400 and "301" in answer["errorMsg"]
+
+
+def test_unknown_route_keeps_the_envelope(service):
+    status, answer = post(f"{service}/nope", {"image": "AAAA"})
+    assert status == 404 and answer["errorCode"] == 404 and "/nope" in answer["errorMsg"]
+
+
+def test_fifty_concurrent_requests_all_succeed(service, model):
+    images = [random_image(48 + 8 * (i % 3), 64, seed=100 + i) for i in range(50)]
+
+    def one(img):
+        return post(f"{service}/semantic-segmentation", {"image": b64(png_bytes(img[:, :, ::-1]))})
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(one, images))
+    assert [status for status, _ in answers] == [200] * 50
+    for img, (_, answer) in zip(images[:5], answers[:5]):
+        np.testing.assert_array_equal(label_map(answer), expected(model, img))
+
+
+def test_build_app_refuses_bad_args(inference_dir, tmp_path):
+    from raysegment.serve import build_app, load_serve_config
+
+    with pytest.raises(ConfigError, match="unknown key 'max_batch'"):
+        build_app({"model_dir": inference_dir, "max_batch": 4})
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        build_app({"model_dir": inference_dir, "max_batch_size": 64, "max_ongoing_requests": 8})
+    with pytest.raises(ValueError, match="not a folder"):
+        build_app({"model_dir": str(tmp_path / "missing")})
+    opts = load_serve_config(os.path.join(ROOT, "configs", "serve.yaml"), ["max_batch_size=2"], port=9000)
+    assert (opts.host, opts.port, opts.max_batch_size, opts.allow_url_inputs) == ("127.0.0.1", 9000, 2, False)
