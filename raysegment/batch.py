@@ -282,7 +282,10 @@ def predict_bulk(model_dir, inputs, output, batch_size=8, concurrency=1, num_cpu
                     "target_size": target_size, "output": output, "visualize": visualize}
         ds = (
             ray.data.from_items(rows)
-            .map_batches(read_images, fn_kwargs={"max_pixels": max_pixels, "max_bytes": max_bytes}, batch_size=batch_size, batch_format="numpy")
+            # CPU actors: reading with the actors' CPU reservation lets Ray Data fuse it into them, so
+            # decoded images never enter the object store. GPU actors: reads stay in CPU tasks.
+            .map_batches(read_images, fn_kwargs={"max_pixels": max_pixels, "max_bytes": max_bytes}, batch_size=batch_size,
+                         num_cpus=1 if num_gpus else num_cpus, batch_format="numpy")
             .map_batches(PredictActor, fn_constructor_kwargs={"model_dir": model_dir, **actor_kw}, batch_size=batch_size,
                          compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus, num_gpus=num_gpus, batch_format="numpy")
         )
