@@ -4,6 +4,9 @@
     ray job submit --working-dir . -- python jobs/predict.py --model-dir s3://.../inference \
         --input s3://bucket/images/ --output s3://bucket/masks/ -o Ray.predict_concurrency=8 -o Ray.gpus_per_actor=1
     python jobs/predict.py -c configs/PP-LiteSeg-T.yaml -o Predict.model_dir=... -o Predict.input=... -o Predict.output=...
+    # a C-core CPU machine runs fastest with C single-thread actors (here C = 2; see the README's benchmark)
+    python jobs/predict.py --model-dir MODEL --input images/ --output out/ -o Ray.predict_concurrency=2 \
+        -o Ray.cpus_per_actor=0.5 -o Ray.threads_per_actor=1 -o Ray.predict_batch_size=4
 
 --input is repeatable: a folder (recursive), a glob, an image file, a .txt of URIs (one a line),
 an s3:// prefix or key, or an http(s) URL. For OUT/a/b/img.png (label map), OUT/a/b/img.json

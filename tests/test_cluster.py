@@ -51,3 +51,33 @@ def test_kuberay_job_shape_and_entrypoint():
     gpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     cfg = check_entrypoint(spec["entrypoint"])
     assert cfg.Global.device == "gpu" and cfg.Ray.num_workers == group["replicas"] * gpus
+
+
+def check_serve_config(config):
+    """A Serve config Ray's own schema accepts, whose app args our ServeOptions accept."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from raysegment.config import ServeOptions, parse_options
+
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    assert app["import_path"] == "raysegment.serve:build_app"
+    return parse_options(ServeOptions, app["args"], "args")
+
+
+def test_serve_config_is_valid_and_binds_localhost():
+    with open(os.path.join(ROOT, "configs", "serve.yaml")) as f:
+        config = yaml.safe_load(f)
+    opts = check_serve_config(config)
+    assert config["http_options"]["host"] == "127.0.0.1"  # Serve config files default to 0.0.0.0
+    assert os.path.isdir(os.path.join(ROOT, opts.model_dir)) and not opts.allow_url_inputs
+
+
+def test_kuberay_rayservice_shape_and_serve_config():
+    service = load("kuberay-rayservice.yaml")
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    opts = check_serve_config(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    (group,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    gpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert opts.gpus_per_replica == gpus and opts.autoscaling["max_replicas"] <= group["maxReplicas"] * gpus
+    assert opts.max_ongoing_requests >= opts.max_batch_size

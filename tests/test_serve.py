@@ -227,3 +227,39 @@ def test_build_app_refuses_bad_args(inference_dir, tmp_path):
         build_app({"model_dir": str(tmp_path / "missing")})
     opts = load_serve_config(os.path.join(ROOT, "configs", "serve.yaml"), ["max_batch_size=2"], port=9000)
     assert (opts.host, opts.port, opts.max_batch_size, opts.allow_url_inputs) == ("127.0.0.1", 9000, 2, False)
+
+
+def test_serve_job_answers_then_stops_cleanly_on_sigterm(inference_dir, tmp_path):
+    """jobs/serve.py as a user runs it: its own local Ray, a real request, then SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "jobs", "serve.py"), "--model-dir", inference_dir, "--port", str(port),
+                             "-o", "threads_per_replica=1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as resp:
+                    assert json.loads(resp.read())["model"] == "PP-LiteSeg-T"
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(1)
+        else:
+            pytest.fail("jobs/serve.py did not become ready in 120 s")
+        status, answer = post(f"http://127.0.0.1:{port}/predict", jpeg_bytes(random_image(40, 60, seed=9)), "image/jpeg")
+        assert status == 200 and (answer["width"], answer["height"]) == (60, 40)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert f"at http://127.0.0.1:{port}" in out and "SIGTERM: service shut down" in out
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5)

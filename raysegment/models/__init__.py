@@ -6,12 +6,22 @@ Every model, in eval mode, maps x (N, 3, H, W) float32 to [logits (N, C, H, W)];
 list may also carry auxiliary logits (all at the input size).
 """
 
-from . import pp_liteseg
+import importlib
+from functools import partial
+
 from .weights import WeightsError, load_weights, save_weights
 
+
+def _build(module, builder, *args, **kw):
+    # architectures import Paddle: load one only when it is built, so reading the registry
+    # (config checks, Ray Data workers that only decode) stays light
+    return getattr(importlib.import_module(f".{module}", __name__), builder)(*args, **kw)
+
+
 MODELS = {
-    "PP-LiteSeg-T": pp_liteseg.pp_liteseg_t,
-    "PP-LiteSeg-B": pp_liteseg.pp_liteseg_b,
+    "PP-LiteSeg-T": partial(_build, "pp_liteseg", "pp_liteseg_t"),
+    "PP-LiteSeg-B": partial(_build, "pp_liteseg", "pp_liteseg_b"),
+    **{f"SegFormer-B{i}": partial(_build, "segformer", "segformer", f"B{i}") for i in range(6)},
 }
 
 

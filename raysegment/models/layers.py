@@ -40,3 +40,29 @@ def resize_to(x, size_hw, mode="bilinear"):
     if mode == "nearest":
         return F.interpolate(x, size_hw, mode="nearest")
     return F.interpolate(x, size_hw, mode=mode, align_corners=False)
+
+
+class DropPath(nn.Layer):
+    """Stochastic depth: in training, zero a whole sample's residual branch with probability `p`
+    and scale the survivors by 1 / (1 - p); the identity in eval mode."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = paddle.floor(keep + paddle.rand([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype))
+        return x / keep * mask
+
+
+def tokens_to_map(x, h, w):
+    """(N, H*W, C) tokens -> (N, C, H, W) feature map."""
+    return x.transpose([0, 2, 1]).reshape([0, x.shape[2], h, w])
+
+
+def map_to_tokens(x):
+    """(N, C, H, W) feature map -> (N, H*W, C) tokens."""
+    return x.flatten(2).transpose([0, 2, 1])

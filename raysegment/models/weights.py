@@ -8,7 +8,6 @@ replace a classifier head whose class count differs, and the skipped keys are re
 import os
 
 import numpy as np
-import paddle
 
 
 class WeightsError(ValueError):
@@ -20,6 +19,8 @@ def read_state_dict(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"weights file {path!r} does not exist; pass the path of a .pdparams file")
+    import paddle  # late, as everywhere in the registry: reading a config need not load Paddle
+
     try:
         state = paddle.load(path, return_numpy=True)
     except Exception as e:  # paddle raises several types for a damaged pickle
@@ -64,4 +65,6 @@ def load_weights(model, path_or_state, skip_prefixes=(), where=None):
 
 def save_weights(model, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    import paddle
+
     paddle.save(model.state_dict(), os.fspath(path))
