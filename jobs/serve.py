@@ -35,13 +35,17 @@ def main(argv=None):
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or a local Ray")
     args = parser.parse_args(argv)
 
+    from raysegment.batch import init_ray
     from raysegment.serve import load_serve_config, start
 
     opts = load_serve_config(args.config, args.override, model_dir=args.model_dir, host=args.host, port=args.port)
+    init_ray(args.address)
+    stop = []
+    # after ray.init, whose own SIGTERM handler would replace an earlier one; before deploying, so a
+    # SIGTERM that comes as soon as the service answers is ours
+    signal.signal(signal.SIGTERM, lambda *_: stop.append("SIGTERM"))
     url = start(opts, ray_address=args.address)
     print(f"serving {opts.model_dir} at {url} (POST /semantic-segmentation, POST /predict, GET /ready); Ctrl-C stops", flush=True)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append("SIGTERM"))
     try:
         while not stop:
             time.sleep(0.5)
