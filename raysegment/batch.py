@@ -17,6 +17,8 @@ from . import storage
 from .data.dataset import LabelError, Problem, iter_split, read_pair
 from .data.image import ImageError, decode_image
 from .data.metrics import ConfusionMatrix
+from .data.visualize import encode_label_png, overlay
+from .infer.result import pixel_counts
 from .data.sources import list_inputs
 
 
@@ -204,10 +206,6 @@ class PredictActor(PredictorActor):
 
     def write(self, uri, rel, image, mask, timings):
         """Mask PNG, overlay and JSON of one image, each file written atomically; JSON last."""
-        from .data.visualize import encode_label_png, overlay
-
-        from .infer.result import pixel_counts
-
         stem = os.path.splitext(rel)[0]
         files = [f"{stem}.png", f"{stem}.json"]
         storage.write_bytes(storage.join(self.output, files[0]), encode_label_png(mask))

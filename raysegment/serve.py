@@ -80,6 +80,10 @@ async def _unexpected(request, exc):
     return _envelope(500, f"internal error ({type(exc).__name__}); the request was not processed")
 
 
+def _content_type(request):
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 async def read_body(request, limit):
     """The request body, refused with 413 as soon as it passes `limit` bytes (Serve's proxy has no
     body limit of its own, and a chunked body has no Content-Length to check first)."""
@@ -189,7 +193,7 @@ class Segmenter:
         return masks
 
     async def _image_from_request(self, request):
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        content_type = _content_type(request)
         if content_type == "multipart/form-data":
             body = await read_body(request, self.opts.max_body_bytes)
 
@@ -210,7 +214,7 @@ class Segmenter:
 
     @api.post("/semantic-segmentation")
     async def semantic_segmentation(self, request: Request):
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        content_type = _content_type(request)
         if content_type != "application/json":
             raise RequestError(415, f"content type {content_type or '(none)'!r}: send a JSON body (application/json) "
                                     "with an 'image' field")
