@@ -1,7 +1,7 @@
 """Bulk prediction on Ray Data: folders, globs, URL lists and s3:// prefixes in, masks and JSON out.
 
     python jobs/predict.py --model-dir output/best_model/inference --input images/ --output output/masks
-    ray job submit --working-dir . -- python jobs/predict.py --model-dir s3://.../inference \
+    ray job submit --working-dir . -- python jobs/predict.py --model-dir /shared/models/inference \
         --input s3://bucket/images/ --output s3://bucket/masks/ -o Ray.predict_concurrency=8 -o Ray.gpus_per_actor=1
     python jobs/predict.py -c configs/PP-LiteSeg-T.yaml -o Predict.model_dir=... -o Predict.input=... -o Predict.output=...
     # a C-core CPU machine runs fastest with C single-thread actors (here C = 2; see the README's benchmark)
