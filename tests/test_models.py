@@ -22,7 +22,7 @@ def reference_keys(name):
 
 # The largest variants are checked for names and shapes only (building them is cheap, running them
 # on CPU in every CI run is not); each family still runs forward through a smaller sibling.
-KEYS_ONLY = {"SegFormer-B3", "SegFormer-B4", "SegFormer-B5"}
+KEYS_ONLY = {"SegFormer-B3", "SegFormer-B4", "SegFormer-B5", "Deeplabv3-R101", "Deeplabv3_Plus-R101", "OCRNet_HRNet-W48", "SeaFormer_large"}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -22,6 +22,10 @@ MODELS = {
     "PP-LiteSeg-T": partial(_build, "pp_liteseg", "pp_liteseg_t"),
     "PP-LiteSeg-B": partial(_build, "pp_liteseg", "pp_liteseg_b"),
     **{f"SegFormer-B{i}": partial(_build, "segformer", "segformer", f"B{i}") for i in range(6)},
+    **{f"Deeplabv3-R{n}": partial(_build, "deeplab", "deeplab", n) for n in (50, 101)},
+    **{f"Deeplabv3_Plus-R{n}": partial(_build, "deeplab", "deeplab", n, plus=True) for n in (50, 101)},
+    **{f"OCRNet_HRNet-W{w}": partial(_build, "ocrnet", "ocrnet", w) for w in (18, 48)},
+    **{f"SeaFormer_{s}": partial(_build, "seaformer", "seaformer", s) for s in ("tiny", "small", "base", "large")},
 }
 
 

@@ -66,3 +66,18 @@ def tokens_to_map(x, h, w):
 def map_to_tokens(x):
     """(N, C, H, W) feature map -> (N, H*W, C) tokens."""
     return x.flatten(2).transpose([0, 2, 1])
+
+
+class SeparableConvBNReLU(nn.Layer):
+    """Depthwise ConvBN (k x k, optionally dilated) then pointwise ConvBNReLU. The misspelt
+    `piontwise_conv` is PaddleSeg's attribute name, kept so published weights load."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, dilation=1, **conv_kw):
+        super().__init__()
+        pad = dilation * (kernel_size - 1) // 2
+        self.depthwise_conv = ConvBN(in_channels, in_channels, kernel_size, padding=pad, dilation=dilation,
+                                     groups=in_channels, **conv_kw)
+        self.piontwise_conv = ConvBNReLU(in_channels, out_channels, 1, **conv_kw)
+
+    def forward(self, x):
+        return self.piontwise_conv(self.depthwise_conv(x))
