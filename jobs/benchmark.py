@@ -164,26 +164,27 @@ def make_train_dir(folder, n, num_classes=11):
 
 
 def bare_train_step_rate(cfg, iters, threads):
-    """images/s of forward + OHEM loss + backward + SGD step on random arrays, no data loading."""
+    """images/s of forward + the model's training loss + backward + optimizer step on random arrays, no data loading."""
     import numpy as np
     import paddle
 
     from raysegment.models import build_model
-    from raysegment.train.losses import segmentation_loss
+    from raysegment.train.loop import make_optimizer
+    from raysegment.train.losses import training_loss
 
     paddle.set_device("cpu")
     paddle.base.core.set_num_threads(threads)
     t = cfg.Train
     net = build_model(cfg.Global.model, t.num_classes)
     net.train()
-    opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.9, parameters=net.parameters(), weight_decay=5e-4)
+    opt = make_optimizer(t, net)
     w, h = t.crop_size
     rng = np.random.default_rng(0)
     x = paddle.to_tensor(rng.standard_normal((t.batch_size, 3, h, w)).astype("float32"))
     y = paddle.to_tensor(rng.integers(0, t.num_classes, (t.batch_size, h, w)).astype("int64"))
 
     def step():
-        loss = segmentation_loss(net(x), y, t.loss, t.ohem_min_kept)
+        loss = training_loss(net, net(x), y, t.loss, t.ohem_min_kept, t.loss_coefs)
         loss.backward()
         opt.step()
         opt.clear_grad()

@@ -78,10 +78,13 @@ class TrainSection:
     scale_step: float = field(default=0.25, metadata=_min(0.0))
     flip: bool = True
     distort: float = field(default=0.5, metadata=_min(0.0))  # brightness/contrast/saturation range; 0: off
-    loss: str = field(default="ohem", metadata=_choice("ohem", "ce"))
+    loss: str = field(default="ohem", metadata=_choice("ohem", "ce"))  # per-pixel loss (MaskFormer uses its own set loss)
     ohem_min_kept: int = field(default=130000, metadata=_min(0))
-    momentum: float = field(default=0.9, metadata=_min(0.0))
+    loss_coefs: list[float] | None = None  # one per head's logits; null: the model's published coefficients
+    optimizer: str = field(default="sgd", metadata=_choice("sgd", "adamw"))  # sgd: momentum SGD
+    momentum: float = field(default=0.9, metadata=_min(0.0))  # sgd only
     weight_decay: float = field(default=5e-4, metadata=_min(0.0))
+    grad_clip_norm: float | None = field(default=None, metadata=_min(0.0))  # each parameter's gradient L2 norm at most this
     lr_power: float = field(default=0.9, metadata=_min(0.0))  # polynomial decay to 0
     amp: bool = False  # mixed precision, GPU only
     freeze_bn: bool = False  # BatchNorm uses its running statistics (fine-tuning on small batches)

@@ -6,8 +6,13 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import REFERENCE_KEYS
+from conftest import REFERENCE_KEYS, make_dataset
+from raysegment.config import load_config
 from raysegment.models import MODELS, UnknownModelError, WeightsError, build_model, load_weights, save_weights
+from raysegment.train import train
+from raysegment.train.losses import training_loss
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def reference_keys(name):
@@ -22,7 +27,8 @@ def reference_keys(name):
 
 # The largest variants are checked for names and shapes only (building them is cheap, running them
 # on CPU in every CI run is not); each family still runs forward through a smaller sibling.
-KEYS_ONLY = {"SegFormer-B3", "SegFormer-B4", "SegFormer-B5", "Deeplabv3-R101", "Deeplabv3_Plus-R101", "OCRNet_HRNet-W48", "SeaFormer_large"}
+KEYS_ONLY = {"SegFormer-B3", "SegFormer-B4", "SegFormer-B5", "Deeplabv3-R101", "Deeplabv3_Plus-R101", "OCRNet_HRNet-W48",
+             "SeaFormer_large", "MaskFormer_small"}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
@@ -46,30 +52,53 @@ def test_state_dict_equals_reference(model):
     assert {k: s for k, s in ours.items() if s != ref[k]} == {}, "shapes differ"
 
 
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_forward_returns_logits_at_input_size(runnable, mode):
+def random_label(n, h, w, num_classes, seed=0):
+    label = np.random.default_rng(seed).integers(0, num_classes, (n, h, w))
+    label[:, :4] = 255  # an ignored band, as real labels have
+    return paddle.to_tensor(label.astype("int64"))
+
+
+def test_eval_forward_returns_logits_at_input_size(runnable):
     name, layer = runnable
-    layer.train() if mode == "train" else layer.eval()
-    x = paddle.rand([2, 3, 72, 100])  # not a multiple of 32 on purpose
-    with paddle.no_grad():
-        out = layer(x)
-    assert isinstance(out, list) and len(out) >= 1
-    assert out[0].shape == [2, layer.num_classes, 72, 100]
-    if mode == "eval":
-        assert len(out) == 1
-    assert all(o.shape == [2, layer.num_classes, 72, 100] for o in out)
     layer.eval()
+    with paddle.no_grad():
+        out = layer(paddle.rand([2, 3, 72, 100]))  # not a multiple of 32 on purpose
+    assert isinstance(out, list) and len(out) == 1
+    assert out[0].shape == [2, layer.num_classes, 72, 100]
+
+
+def test_train_forward_gives_a_finite_training_loss(runnable):
+    name, layer = runnable
+    layer.train()
+    with paddle.no_grad():
+        out = layer(paddle.rand([2, 3, 72, 100]))
+        loss = training_loss(layer, out, random_label(2, 72, 100, layer.num_classes))
+    layer.eval()
+    if isinstance(out, list):  # per-pixel models: every head's logits at the input size
+        assert all(o.shape == [2, layer.num_classes, 72, 100] for o in out)
+    assert loss.shape == [] and np.isfinite(float(loss)) and float(loss) > 0
 
 
 def test_backward_reaches_every_trainable_parameter(runnable):
     name, layer = runnable
     layer.train()
-    out = layer(paddle.rand([2, 3, 64, 64]))
-    sum(o.mean() for o in out).backward()
+    training_loss(layer, layer(paddle.rand([2, 3, 64, 64])), random_label(2, 64, 64, layer.num_classes)).backward()
     missing = [n for n, p in layer.named_parameters() if not p.stop_gradient and p.grad is None]
     layer.clear_gradients()
     layer.eval()
     assert missing == [], f"{name}: no gradient reaches {missing[:5]}"
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - KEYS_ONLY))
+def test_trains_two_iterations_from_its_config(name, tmp_path):
+    """configs/<name>.yaml's recipe (optimizer, loss, auxiliary heads), shrunk to tiny crops, through train()."""
+    root = make_dataset(tmp_path / "ds", n_train=4, n_val=2, num_classes=3, size=(40, 56))
+    cfg = load_config(os.path.join(CONFIGS, f"{name}.yaml"), [
+        f"Global.dataset_dir={root}", f"Global.output={tmp_path / 'out'}", "Train.num_classes=3", "Train.epochs_iters=2",
+        "Train.batch_size=2", "Train.crop_size=[48,48]", "Train.eval_interval=2", "Train.log_interval=1", "Train.warmup_steps=0"])
+    result = train(cfg)
+    assert result["iters"] == 2 and result["best_metrics"] is not None
+    assert os.path.isfile(tmp_path / "out" / "best_model" / "inference" / "inference.json")
 
 
 def test_export_and_reload_give_identical_masks(runnable, tmp_path):

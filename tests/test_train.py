@@ -208,3 +208,55 @@ def test_backbone_only_pretrained_weights(tmp_path):
     paddle.save({"not.a.key": paddle.zeros([1])}, bad)
     with pytest.raises(raysegment.models.WeightsError, match="as backbone weights"):
         train(tiny_cfg(root, tmp_path / "out2", "Train.epochs_iters=1", f"Train.pretrain_weight_path={bad}"))
+
+
+@pytest.mark.parametrize("name", ["OCRNet_HRNet-W18", "MaskFormer_tiny"])
+def test_two_gloo_workers_train_models_with_their_own_losses(tmp_path, ray_local, name):
+    """OCRNet's auxiliary head (2 logits, coefficients 1 and 0.4) and MaskFormer's set loss (a dict
+    of per-layer predictions) through paddle.DataParallel on 2 Ray Train workers."""
+    root = make_dataset(tmp_path / "ds", n_train=4, n_val=1)
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.yaml"), [
+        f"Global.dataset_dir={root}", f"Global.output={tmp_path / 'out'}", "Train.num_classes=3", "Train.epochs_iters=2",
+        "Train.batch_size=1", "Train.crop_size=[32,32]", "Train.eval_interval=2", "Train.warmup_steps=0",
+        "Ray.num_workers=2", "Ray.cpus_per_worker=0.5"])
+    result = fit(cfg)
+    assert result["workers"] == 2 and result["workers_in_sync"] is True
+    assert os.path.isfile(tmp_path / "out" / "best_model" / "inference" / "inference.json")
+
+
+def test_training_loss_uses_the_model_coefficients_and_checks_their_count():
+    from raysegment.train.losses import training_loss
+
+    class TwoHeads(paddle.nn.Layer):
+        loss_coefs = (1.0, 0.4)
+
+    paddle.seed(0)
+    a, b = paddle.randn([1, 3, 8, 8]), paddle.randn([1, 3, 8, 8])
+    label = paddle.randint(0, 3, [1, 8, 8])
+    expected = float(cross_entropy(a, label)) + 0.4 * float(cross_entropy(b, label))
+    assert float(training_loss(TwoHeads(), [a, b], label, kind="ce")) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="Train.loss_coefs has 3 values but the model returns 2 logits"):
+        training_loss(TwoHeads(), [a, b], label, kind="ce", coefs=[1.0, 1.0, 1.0])
+
+
+def test_maskformer_matching_pairs_queries_with_their_classes_and_rewards_the_right_masks():
+    from raysegment.train.maskformer_loss import maskformer_loss, match, targets_from_labels
+
+    label = np.zeros((1, 8, 8), np.int64)
+    label[0, :, 4:] = 2  # classes 0 (left half) and 2 (right half) present, 1 absent
+    label[0, 0, :] = 255
+    label = paddle.to_tensor(label)
+    num_classes, big = 3, 12.0
+    left = np.where(np.arange(8)[None, :] < 4, big, -big) * np.ones((8, 1))
+    # query 0: no object; query 1: class 2, right-half mask; query 2: class 0, left-half mask
+    class_logits = np.full((1, 3, num_classes + 1), -big, np.float32)
+    class_logits[0, 0, 3] = class_logits[0, 1, 2] = class_logits[0, 2, 0] = big
+    masks = np.stack([np.full((8, 8), -big), -left, left])[None].astype(np.float32)
+    targets = targets_from_labels(label, [8, 8])
+    assert targets[0][0].numpy().tolist() == [0, 2]
+    (q, t), = match(paddle.to_tensor(class_logits), paddle.to_tensor(masks), targets)
+    assert dict(zip(q.tolist(), t.tolist())) == {2: 0, 1: 1}
+    right = maskformer_loss([(paddle.to_tensor(class_logits), paddle.to_tensor(masks))], label, num_classes)
+    swapped = masks[:, [0, 2, 1]]  # each class query now predicts the other half
+    wrong = maskformer_loss([(paddle.to_tensor(class_logits), paddle.to_tensor(swapped))], label, num_classes)
+    assert float(right) < 0.1 < float(wrong)

@@ -26,6 +26,7 @@ MODELS = {
     **{f"Deeplabv3_Plus-R{n}": partial(_build, "deeplab", "deeplab", n, plus=True) for n in (50, 101)},
     **{f"OCRNet_HRNet-W{w}": partial(_build, "ocrnet", "ocrnet", w) for w in (18, 48)},
     **{f"SeaFormer_{s}": partial(_build, "seaformer", "seaformer", s) for s in ("tiny", "small", "base", "large")},
+    **{f"MaskFormer_{s}": partial(_build, "maskformer", "maskformer", s) for s in ("tiny", "small")},
 }
 
 

@@ -23,7 +23,7 @@ from ..infer.engines import default_cpu_threads
 from ..infer.model_files import default_class_names
 from ..models import WeightsError, build_model, load_weights
 from .data import local_batches, split_rows
-from .losses import segmentation_loss
+from .losses import training_loss
 
 log = logging.getLogger("raysegment.train")
 STATE_FILE = "train_state.json"
@@ -35,6 +35,17 @@ def lr_at(step, base_lr, total, warmup=0, power=0.9):
         return base_lr * (step + 1) / warmup
     progress = (step - warmup) / max(total - warmup, 1)
     return base_lr * (1 - min(progress, 1.0)) ** power
+
+
+def make_optimizer(t, net):
+    """Train.optimizer: momentum SGD (CNN recipes) or AdamW (transformer recipes); the learning rate
+    is set every step by lr_at."""
+    clip = paddle.nn.ClipGradByNorm(t.grad_clip_norm) if t.grad_clip_norm else None
+    if t.optimizer == "adamw":
+        return paddle.optimizer.AdamW(learning_rate=t.learning_rate, parameters=net.parameters(), weight_decay=t.weight_decay,
+                                      grad_clip=clip)
+    return paddle.optimizer.Momentum(learning_rate=t.learning_rate, momentum=t.momentum, parameters=net.parameters(),
+                                     weight_decay=t.weight_decay, grad_clip=clip)
 
 
 def set_train_mode(net, freeze_bn):
@@ -143,8 +154,7 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
         if device.startswith("gpu"):
             net = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         model = paddle.DataParallel(net)
-    opt = paddle.optimizer.Momentum(learning_rate=t.learning_rate, momentum=t.momentum, parameters=net.parameters(),
-                                    weight_decay=t.weight_decay)
+    opt = make_optimizer(t, net)
     state = {"iter": 0, "best_mIoU": -1.0, "best_iter": None}
     resume_dir = resume_dir or t.resume_path
     if resume_dir:
@@ -166,8 +176,8 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
         opt.set_lr(lr)
         x, y = next(batches)
         with paddle.amp.auto_cast(enable=amp, level="O1"):
-            logits = model(paddle.to_tensor(x))
-            loss = segmentation_loss(logits, paddle.to_tensor(y), t.loss, t.ohem_min_kept)
+            outputs = model(paddle.to_tensor(x))
+            loss = training_loss(net, outputs, paddle.to_tensor(y), t.loss, t.ohem_min_kept, t.loss_coefs)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()

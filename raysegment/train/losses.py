@@ -42,5 +42,16 @@ def segmentation_loss(logit_list, label, kind="ohem", ohem_min_kept=130000, coef
     """Sum of the loss over every head's logits (PP-LiteSeg trains all three), weighted by coefs."""
     fn = LOSSES[kind]
     coefs = coefs or [1.0] * len(logit_list)
+    if len(coefs) != len(logit_list):
+        raise ValueError(f"Train.loss_coefs has {len(coefs)} values but the model returns {len(logit_list)} logits in training")
     kw = {"min_kept": ohem_min_kept} if kind == "ohem" else {}
     return sum(coef * fn(logits, label, **kw) for coef, logits in zip(coefs, logit_list))
+
+
+def training_loss(net, outputs, label, kind="ohem", ohem_min_kept=130000, coefs=None):
+    """The loss `net` trains with: its own when it defines one (MaskFormer's set-prediction loss),
+    otherwise `kind` over every head's logits weighted by `coefs` (default: the model's published
+    `loss_coefs`, e.g. OCRNet's 1 and 0.4, else 1 each)."""
+    if hasattr(net, "loss"):
+        return net.loss(outputs, label)
+    return segmentation_loss(outputs, label, kind, ohem_min_kept, coefs or getattr(net, "loss_coefs", None))
