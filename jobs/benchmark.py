@@ -6,6 +6,8 @@
     python jobs/benchmark.py train --dataset-dir ../shared/data/camvid --iters 40
     python jobs/benchmark.py bulk                          # 200 and 2000 images
     python jobs/benchmark.py serve                         # 1, 8, 32 clients, batching on and off
+    python jobs/benchmark.py models                        # all 20 models: params, GFLOPs, CPU images/s
+    python jobs/benchmark.py models --models SeaFormer_tiny,PP-LiteSeg-T --size 512
 
 predict: images/s of `create_model().predict` with save_to_img + save_to_json, against the bare
 exported-model forward on pre-decoded, pre-normalised arrays (the compute limit), and the forward
@@ -21,6 +23,12 @@ serve: a closed-loop load test of the Serve app (jobs/serve.py's app, a fresh lo
 and 32 concurrent clients, with dynamic batching (max 8) and without, bounded by --requests and
 --seconds per row: requests/s, p50 and p99 latency, errors; beside the bulk job's images/s on the
 same images, and the time to write a 2048x1024 labelMap as JSON.
+
+models: for every registered model (or --models), parameters, GFLOPs of one 512x512 forward
+(multiply-accumulates, the papers' convention: Conv2D/Linear layers plus the matmul/einsum calls
+attention makes directly) and CPU images/s of the exported model
+through paddle.inference at 512x512, batch 1, all CPU threads (untrained weights: speed does not
+depend on them), in one run.
 
 train: training images/s of jobs/train.py's Ray Train path with 1 worker and with 2 workers
 (gloo), against the bare Paddle forward + backward + step on random arrays in one process with
@@ -465,7 +473,99 @@ def bench_serve(args, work):
             "label_map_encoding_ms": {"orjson": fast, "json_tolist": slow, "shape": [1024, 2048]}}
 
 
-BENCHMARKS = {"predict": bench_predict, "train": bench_train, "bulk": bench_bulk, "serve": bench_serve}
+class MacCounter:
+    """Multiply-accumulates of one forward: Conv2D and Linear layers (forward hooks) plus every
+    paddle.matmul / paddle.einsum call (attention's QK^T and AV, MaskFormer's mask products).
+    paddle.flops would cover the layers but misses direct matmuls and, in Paddle 3.3.1, crashes on
+    some of these models (an int() of a shape-[1] tensor in dynamic_flops)."""
+
+    def __init__(self, layer):
+        import paddle
+
+        self.layer, self.macs, self.paddle = layer, 0, paddle
+        self.saved = {(mod, name): getattr(mod, name) for mod in (paddle, paddle.tensor) for name in ("matmul", "einsum")}
+
+    def _layer_hook(self, layer, inputs, out):
+        import numpy as np
+
+        if isinstance(layer, self.paddle.nn.Conv2D):  # per output element: C_in / groups * kh * kw
+            self.macs += int(np.prod(out.shape)) * int(np.prod(layer.weight.shape[1:]))
+        else:  # Linear: in_features per output element
+            self.macs += int(np.prod(out.shape)) * layer.weight.shape[0]
+
+    def __enter__(self):
+        import numpy as np
+
+        def matmul(x, y, transpose_x=False, transpose_y=False, name=None):
+            out = self.saved[(self.paddle, "matmul")](x, y, transpose_x, transpose_y, name)
+            self.macs += int(np.prod(out.shape)) * (x.shape[-2] if transpose_x else x.shape[-1])
+            return out
+
+        def einsum(equation, *operands):
+            out = self.saved[(self.paddle, "einsum")](equation, *operands)
+            inputs, output = equation.replace(" ", "").split("->")
+            sizes = {c: n for term, op in zip(inputs.split(","), operands) for c, n in zip(term, op.shape)}
+            self.macs += int(np.prod(out.shape)) * int(np.prod([n for c, n in sizes.items() if c not in output]))
+            return out
+
+        for mod in (self.paddle, self.paddle.tensor):
+            mod.matmul, mod.einsum = matmul, einsum
+        self.hooks = [sub.register_forward_post_hook(self._layer_hook) for sub in self.layer.sublayers()
+                      if isinstance(sub, (self.paddle.nn.Conv2D, self.paddle.nn.Linear))]
+        return self
+
+    def __exit__(self, *exc):
+        for (mod, name), fn in self.saved.items():
+            setattr(mod, name, fn)
+        for hook in self.hooks:
+            hook.remove()
+
+
+def count_gmacs(layer, size):
+    import paddle
+
+    layer.eval()
+    with MacCounter(layer) as counter, paddle.no_grad():
+        layer(paddle.rand([1, 3, size, size]))
+    return counter.macs / 1e9
+
+
+def bench_models(args, work):
+    import numpy as np
+    import paddle
+
+    from raysegment.infer import export_model
+    from raysegment.infer.engines import InferenceEngine, default_cpu_threads
+    from raysegment.infer.model_files import default_class_names
+    from raysegment.models import MODELS, build_model
+
+    names = args.models.split(",") if args.models else list(MODELS)
+    size, threads = args.size, default_cpu_threads()
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype("float32")
+    rows = {}
+    print(f"{'model':22s} {'params (M)':>10s} {'GFLOPs':>8s} {'images/s':>9s}   (512x512 unless --size; CPU, {threads} threads)")
+    for name in names:
+        paddle.seed(0)
+        layer = build_model(name)
+        params = sum(int(np.prod(p.shape)) for p in layer.parameters() if not p.stop_gradient) / 1e6
+        weights_mb = sum(int(np.prod(v.shape)) * 4 for v in layer.state_dict().values()) / 2**20
+        gflops = count_gmacs(layer, size)
+        folder = export_model(layer, os.path.join(work, name), name, default_class_names(layer.num_classes))
+        engine = InferenceEngine(os.path.join(folder, "inference.json"), os.path.join(folder, "inference.pdiparams"))
+        engine(x)  # warm-up
+        runs, start = 0, time.perf_counter()
+        while runs < 3 or time.perf_counter() - start < args.seconds_per_model:
+            engine(x)
+            runs += 1
+        ips = runs / (time.perf_counter() - start)
+        rows[name] = {"params_m": round(params, 2), "weights_mb": round(weights_mb, 1), "gflops": round(gflops, 2),
+                      "images_per_s": round(ips, 3), "runs": runs}
+        print(f"{name:22s} {params:>10.2f} {gflops:>8.1f} {ips:>9.2f}", flush=True)
+        del layer, engine
+    return {"size": size, "cpu_threads": threads, "run_mode": "paddle", "models": rows}
+
+
+BENCHMARKS = {"predict": bench_predict, "train": bench_train, "bulk": bench_bulk, "serve": bench_serve, "models": bench_models}
 
 
 def main(argv=None):
@@ -479,6 +579,9 @@ def main(argv=None):
     parser.add_argument("--dataset-dir", help="train: a SegDataset (default: one made from the bundled images)")
     parser.add_argument("--requests", type=int, default=120, help="serve: most requests per row")
     parser.add_argument("--seconds", type=float, default=40, help="serve: most seconds per row")
+    parser.add_argument("--models", help="models: comma-separated names (default: every registered model)")
+    parser.add_argument("--size", type=int, default=512, help="models: square input size")
+    parser.add_argument("--seconds-per-model", type=float, default=5.0, help="models: timing budget per model (at least 3 runs)")
     parser.add_argument("--json", help="where to write the results (default output/benchmarks/<which>.json)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="raysegment-bench-") as work:

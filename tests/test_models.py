@@ -177,3 +177,30 @@ def test_unreadable_weights_file(tmp_path, content, match):
         path.write_bytes(content)
     with pytest.raises(WeightsError, match=match):
         load_weights(build_model("PP-LiteSeg-T", num_classes=2), str(path))
+
+
+def test_benchmark_mac_counter_counts_layers_and_direct_matmuls():
+    """jobs/benchmark.py models reports GFLOPs from this counter; check it on known shapes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(os.path.dirname(CONFIGS), "jobs", "benchmark.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Tiny(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv = paddle.nn.Conv2D(3, 8, 3, padding=1)
+            self.dw = paddle.nn.Conv2D(8, 8, 3, padding=1, groups=8)
+            self.fc = paddle.nn.Linear(8, 4)
+
+        def forward(self, x):
+            t = self.fc(self.dw(self.conv(x)).flatten(2).transpose([0, 2, 1]))  # (1, 256, 4)
+            attn = paddle.matmul(t, t, transpose_y=True)  # (1, 256, 256), contracting 4
+            return [paddle.einsum("nij,njc->nic", attn, t)]  # contracting 256
+
+    original = paddle.matmul
+    hw = 16 * 16
+    expected = hw * 8 * 27 + hw * 8 * 9 + hw * 4 * 8 + hw * hw * 4 + hw * 4 * hw
+    assert bench.count_gmacs(Tiny(), 16) * 1e9 == pytest.approx(expected)
+    assert paddle.matmul is original  # the counter puts paddle back as it was

@@ -3,7 +3,10 @@
 Every model has `num_classes` and `classifier_prefixes` (the state_dict prefixes of the layers
 whose shape depends on num_classes) attributes.
 Every model, in eval mode, maps x (N, 3, H, W) float32 to [logits (N, C, H, W)]; in train mode the
-list may also carry auxiliary logits (all at the input size).
+list may also carry auxiliary logits (all at the input size), weighted in the loss by the model's
+`loss_coefs` (OCRNet: 1, 0.4). A model with its own training loss defines `loss(outputs, label)`
+and returns in train mode what that loss takes (MaskFormer: every decoder layer's class logits and
+masks); raysegment.train.losses.training_loss picks the right one.
 """
 
 import importlib
