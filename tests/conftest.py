@@ -55,6 +55,16 @@ def inference_dir(tiny_layer, tmp_path_factory):
     return export_model(tiny_layer, str(tmp_path_factory.mktemp("inference")), "PP-LiteSeg-T", CLASS_NAMES)
 
 
+@pytest.fixture(scope="session")
+def maskformer_dir(tmp_path_factory):
+    """An exported untrained MaskFormer_tiny with 3 classes: the model least like PP-LiteSeg (Swin
+    windows, queries, per-class scores), for the bulk job and the service."""
+    paddle.seed(7)
+    layer = build_model("MaskFormer_tiny", num_classes=len(CLASS_NAMES))
+    layer.eval()
+    return export_model(layer, str(tmp_path_factory.mktemp("maskformer")), "MaskFormer_tiny", CLASS_NAMES)
+
+
 @pytest.fixture
 def image_dir(tmp_path):
     """Three images in a small tree, two sizes and two formats."""

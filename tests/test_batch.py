@@ -21,7 +21,7 @@ def read_jsonl(text):
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def assert_masks_match(model, output, pairs):
+def assert_masks_match(model, output, pairs, model_name="PP-LiteSeg-T"):
     """pairs: (input uri, output stem); each saved mask equals create_model().predict's."""
     for uri, stem in pairs:
         (expected,) = model.predict(uri)
@@ -30,7 +30,7 @@ def assert_masks_match(model, output, pairs):
         meta = json.loads(storage.read_bytes(storage.join(output, f"{stem}.json")))
         assert meta["uri"] == uri and (meta["height"], meta["width"]) == mask.shape
         assert sum(meta["pixel_counts"].values()) == mask.size
-        assert meta["model"] == "PP-LiteSeg-T" and meta["mask"] == os.path.basename(stem) + ".png"
+        assert meta["model"] == model_name and meta["mask"] == os.path.basename(stem) + ".png"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,14 @@ def test_folder_tree_with_broken_files(tmp_path, inference_dir, model, image_dir
     assert_masks_match(model, str(out), [(str(image_dir / "a.jpg"), "a"), (str(image_dir / "sub" / "b.png"), "sub/b"),
                                          (str(image_dir / "sub" / "c.jpg"), "sub/c")])
     assert (out / "sub" / "c_vis.jpg").exists() and not (out / "_parts").exists()
+
+
+def test_another_architecture_through_the_bulk_job(tmp_path, maskformer_dir, image_dir, ray_local):
+    out = tmp_path / "out"
+    summary = predict_bulk(maskformer_dir, str(image_dir), str(out), batch_size=2)
+    assert (summary["done"], summary["errors"]) == (3, 0)
+    assert_masks_match(raysegment.create_model(model_dir=maskformer_dir), str(out),
+                       [(str(image_dir / "a.jpg"), "a"), (str(image_dir / "sub" / "b.png"), "sub/b")], "MaskFormer_tiny")
 
 
 def test_url_list_from_a_local_http_server(tmp_path, inference_dir, model, http_root, ray_local):

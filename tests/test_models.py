@@ -52,6 +52,22 @@ def test_state_dict_equals_reference(model):
     assert {k: s for k, s in ours.items() if s != ref[k]} == {}, "shapes differ"
 
 
+def test_published_weights_load_strictly_and_only_the_classifier_is_replaced(model):
+    """Weights with the published class count (as PaddleX ships them) load into a 3-class model
+    with exactly the classifier_prefixes skipped: the prefixes name every class-dependent tensor."""
+    name, layer = model
+    published = {k: v.numpy() for k, v in layer.state_dict().items()}
+    mine = build_model(name, num_classes=3)
+    assert load_weights(build_model(name), published) == []
+    with pytest.raises(WeightsError, match="mis-shaped"):
+        load_weights(mine, published)
+    skipped = load_weights(mine, published, skip_prefixes=mine.classifier_prefixes)
+    differing = sorted(k for k, v in mine.state_dict().items() if list(v.shape) != list(published[k].shape))
+    assert skipped == differing != []
+    kept = next(k for k in published if k not in skipped and published[k].size > 1)
+    np.testing.assert_array_equal(mine.state_dict()[kept].numpy(), published[kept])
+
+
 def random_label(n, h, w, num_classes, seed=0):
     label = np.random.default_rng(seed).integers(0, num_classes, (n, h, w))
     label[:, :4] = 255  # an ignored band, as real labels have

@@ -39,7 +39,7 @@ def www(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(ray_local, inference_dir, www):
+def service(ray_local, inference_dir, maskformer_dir, www):
     """Two apps on one Serve instance: the defaults (URL inputs off) at /, and one that fetches URLs
     from the local HTTP server at /urls."""
     from ray import serve
@@ -54,6 +54,7 @@ def service(ray_local, inference_dir, www):
     allowed = www.split("//")[1]
     serve.run(build_app({**common, "allow_url_inputs": True, "url_allowlist": [allowed, "169.254.169.254"]}),
               name="urls", route_prefix="/urls")
+    serve.run(build_app({**common, "model_dir": maskformer_dir}), name="maskformer", route_prefix="/maskformer")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -99,6 +100,13 @@ def test_label_map_equals_create_model(service, model):
     np.testing.assert_array_equal(label_map(answer), mask)
     assert len(np.unique(mask)) > 1
     assert answer["result"]["image"] is None
+
+
+def test_another_architecture_is_served_the_same_way(service, maskformer_dir):
+    img = random_image(72, 100, seed=5)
+    status, answer = post(f"{service}/maskformer/semantic-segmentation", {"image": b64(png_bytes(img[:, :, ::-1]))})
+    assert status == 200, answer
+    np.testing.assert_array_equal(label_map(answer), expected(raysegment.create_model(model_dir=maskformer_dir), img))
 
 
 def test_target_size_and_visualization(service, model):
