@@ -260,3 +260,12 @@ def test_maskformer_matching_pairs_queries_with_their_classes_and_rewards_the_ri
     swapped = masks[:, [0, 2, 1]]  # each class query now predicts the other half
     wrong = maskformer_loss([(paddle.to_tensor(class_logits), paddle.to_tensor(swapped))], label, num_classes)
     assert float(right) < 0.1 < float(wrong)
+
+
+def test_relative_paths_mean_the_drivers_working_directory(tmp_path, ray_local, monkeypatch):
+    """Ray Train workers run in another directory; `-o Global.dataset_dir=ds` must still find ./ds."""
+    make_dataset(tmp_path / "ds", n_train=4, n_val=1)
+    monkeypatch.chdir(tmp_path)
+    result = fit(tiny_cfg("ds", "out", "Ray.num_workers=1", "Train.epochs_iters=2", "Train.eval_interval=2"))
+    assert result["workers"] == 1
+    assert (tmp_path / "out" / "best_model" / "model.pdparams").is_file()

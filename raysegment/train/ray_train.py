@@ -9,6 +9,7 @@ _CURRENT_ENDPOINT, MASTER_ADDR / MASTER_PORT (its TCP store) and PADDLE_DISTRI_B
 importable on every node (it is: it is part of the package).
 """
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -121,8 +122,26 @@ def workers_and_gpu(cfg):
     return max(cfg.Ray.num_workers, 1), True
 
 
+def with_absolute_paths(cfg):
+    """The config with its relative local paths made absolute against this (the driver's) working
+    directory: Ray Train workers run elsewhere, and `Global.dataset_dir=../data` must mean what the
+    user typed. s3:// and http(s) URIs stay as they are."""
+    from ..storage import is_s3, is_url
+
+    def fix(path):
+        return path if not path or is_s3(path) or is_url(path) else os.path.abspath(path)
+
+    return dataclasses.replace(
+        cfg,
+        Global=dataclasses.replace(cfg.Global, dataset_dir=fix(cfg.Global.dataset_dir), output=fix(cfg.Global.output)),
+        Train=dataclasses.replace(cfg.Train, pretrain_weight_path=fix(cfg.Train.pretrain_weight_path),
+                                  resume_path=fix(cfg.Train.resume_path)),
+    )
+
+
 def fit(cfg):
     """Train as the config says: on Ray Train workers, or in this process when Ray.num_workers is 0."""
+    cfg = with_absolute_paths(cfg)
     num_workers, use_gpu = workers_and_gpu(cfg)
     rows = validate(cfg, num_workers)
     if num_workers == 0:
