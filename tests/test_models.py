@@ -220,3 +220,26 @@ def test_benchmark_mac_counter_counts_layers_and_direct_matmuls():
     expected = hw * 8 * 27 + hw * 8 * 9 + hw * 4 * 8 + hw * hw * 4 + hw * 4 * hw
     assert bench.count_gmacs(Tiny(), 16) * 1e9 == pytest.approx(expected)
     assert paddle.matmul is original  # the counter puts paddle back as it was
+
+
+def test_maskformer_eval_scores_are_the_training_predictions_combined():
+    """With dropout and drop path off, eval mode's per-class scores are exactly what semantic
+    inference makes of train mode's last decoder layer: training and inference see one model."""
+    from raysegment.models.layers import DropPath, resize_to
+    from raysegment.models.maskformer import semantic_scores
+
+    paddle.seed(1)
+    layer = build_model("MaskFormer_tiny", num_classes=3)
+    for sub in layer.sublayers():
+        if isinstance(sub, (paddle.nn.Dropout, DropPath)):
+            sub.p = 0.0
+        if isinstance(sub, paddle.nn.MultiHeadAttention):
+            sub.dropout = 0.0
+    x = paddle.rand([1, 3, 72, 100])
+    layer.train()
+    with paddle.no_grad():
+        class_logits, masks = layer(x)["layers"][-1]
+        expected = resize_to(semantic_scores(class_logits, masks), [72, 100]).numpy()
+    layer.eval()
+    with paddle.no_grad():
+        np.testing.assert_allclose(layer(x)[0].numpy(), expected, rtol=1e-5, atol=1e-6)
