@@ -111,6 +111,8 @@ class Decoder(nn.Layer):
 
 
 class Transformer(nn.Layer):
+    """Decoder only: the published config has no encoder layers (the name keeps PaddleSeg's keys)."""
+
     def __init__(self):
         super().__init__()
         self.decoder = Decoder()

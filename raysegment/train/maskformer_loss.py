@@ -22,7 +22,8 @@ ALPHA, GAMMA = 0.25, 2.0
 
 
 def targets_from_labels(label, size_hw):
-    """label (N, H, W) int64 -> per image (classes int64 (M,), masks float32 (M, h*w), valid float32 (h*w,))."""
+    """label (N, H, W) int64 -> per image (classes int64 (M,), masks float32 (M, h*w), valid float32 (h*w,)).
+    Runs on the host (np.unique; the Hungarian solver needs the costs there too): one sync per step."""
     small = F.interpolate(label.unsqueeze(1).astype("float32"), size_hw, mode="nearest").squeeze(1).astype("int64")
     targets = []
     for lab in small.numpy():
