@@ -148,7 +148,7 @@ class Stage(nn.Layer):
     def forward(self, x, h, w):
         for block in self.blocks:
             x = block(x, h, w)
-        return x, h, w
+        return x
 
 
 class PatchEmbed(nn.Layer):
@@ -181,7 +181,7 @@ class SwinTransformer(nn.Layer):
         x, h, w = self.patch_embed(x)
         feats = []
         for i, stage in enumerate(self.layers):
-            x, h, w = stage(x, h, w)
+            x = stage(x, h, w)
             out = getattr(self, f"norm{i}")(x)
             feats.append(out.transpose([0, 2, 1]).reshape([0, self.feat_channels[i], h, w]))
             if hasattr(stage, "downsample"):

@@ -81,12 +81,11 @@ def layer_loss(class_logits, masks, targets, num_classes, num_masks):
         if not len(q):
             continue
         target_classes[b, q] = classes.numpy()[t]
-        pred = paddle.index_select(masks[b].flatten(1), paddle.to_tensor(q))  # (m, P)
+        pred = paddle.index_select(masks[b].flatten(1), paddle.to_tensor(q))  # (m, P), row i matched to tgt row i
         tgt = paddle.index_select(tmasks, paddle.to_tensor(t))
-        pos, neg = focal_terms(pred)
-        focal = focal + ((tgt * pos + (1 - tgt) * neg) * valid).sum() / paddle.clip(valid.sum(), min=1.0)
-        prob = F.sigmoid(pred) * valid
-        dice = dice + (1 - (2 * (prob * tgt).sum(-1) + 1) / (prob.sum(-1) + tgt.sum(-1) + 1)).sum()
+        # the matched pairs' losses are the diagonals of the (m, m) pairwise costs the matching used
+        focal = focal + paddle.diagonal(focal_cost(pred, tgt, valid)).sum()
+        dice = dice + paddle.diagonal(dice_cost(pred, tgt, valid)).sum()
     weight = paddle.to_tensor([1.0] * num_classes + [NO_OBJECT_WEIGHT])
     loss = CLASS_WEIGHT * F.cross_entropy(class_logits, paddle.to_tensor(target_classes), weight=weight, axis=-1)
     return loss + (MASK_WEIGHT * focal + DICE_WEIGHT * dice) / num_masks

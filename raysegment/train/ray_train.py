@@ -156,7 +156,7 @@ def fit(cfg):
     ray_ = init_ray(cfg.Ray.address)
     check_cluster_fits(ray_, num_workers, cfg.Ray.cpus_per_worker, 1 if use_gpu else 0,
                        keys=("Ray.num_workers / Global.device", "Ray.cpus_per_worker", "GPU per worker"))
-    out = os.path.abspath(cfg.Global.output)
+    out = cfg.Global.output  # absolute: with_absolute_paths
     os.makedirs(out, exist_ok=True)
     trainer = DataParallelTrainer(
         _worker,
