@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .dataset import IGNORE_INDEX
+from .labels import IGNORE_INDEX
 from .transforms import normalize_to_chw
 
 

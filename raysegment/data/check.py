@@ -11,12 +11,12 @@ tasks in parallel (`use_ray`; by default from RAY_MIN_SAMPLES pairs up).
 import json
 import os
 
-import cv2
 import numpy as np
 
 from .. import storage
-from .dataset import IGNORE_INDEX, SPLITS, LabelError, Problem, Sample, iter_split, read_class_names, read_pair
-from .image import ImageError
+from .dataset import SPLITS, Problem, Sample, iter_split, read_class_names, read_pair
+from .labels import IGNORE_INDEX, LabelError, default_class_names
+from .image import ImageError, encode_image
 from .visualize import draw_histogram, overlay
 
 RAY_MIN_SAMPLES = 2000  # below this, one local loop is quicker than starting Ray tasks
@@ -65,7 +65,7 @@ def _check_local(samples, num_classes):
 def _check_with_ray(samples, num_classes, address=None):
     import ray
 
-    from ..batch import init_ray
+    from ..ray_env import init_ray
 
     init_ray(address)
     rows = [{"image": s.image, "label": s.label, "list_file": s.list_file, "line": s.line} for s in samples]
@@ -112,14 +112,14 @@ def check_dataset(dataset_dir, output, use_ray=None, ray_address=None, num_demo=
     labelled = np.flatnonzero(sum(hists.values())[:IGNORE_INDEX])
     if num_classes is None:
         num_classes = int(labelled.max()) + 1 if labelled.size else 0
-        class_names = [f"class_{i}" for i in range(num_classes)]
+        class_names = default_class_names(num_classes)
     demo_dir = os.path.join(output, "check_dataset", "demo_img")
     attributes = {"num_classes": num_classes, "class_names": class_names}
     for split in SPLITS:
         attributes[f"{split}_samples"] = len(samples[split])
         attributes[f"{split}_sample_paths"] = [_save_overlay(s, demo_dir, output, split) for s in good[split]]
     hist_path = os.path.join(output, "check_dataset", "histogram.png")
-    storage.write_bytes(hist_path, cv2.imencode(".png", draw_histogram(class_names, {s: hists[s][:num_classes] for s in SPLITS}))[1].tobytes())
+    storage.write_bytes(hist_path, encode_image(draw_histogram(class_names, {s: hists[s][:num_classes] for s in SPLITS}), ".png"))
     result = {
         "done_flag": True,
         "check_pass": not problems,
@@ -144,7 +144,7 @@ def _save_overlay(sample, demo_dir, output, split):
     rgb, label = read_pair(sample.image, sample.label)
     stem = os.path.splitext(os.path.basename(sample.image))[0]
     path = os.path.join(demo_dir, f"{split}_{stem}.jpg")
-    storage.write_bytes(path, cv2.imencode(".jpg", cv2.cvtColor(overlay(rgb, label), cv2.COLOR_RGB2BGR))[1].tobytes())
+    storage.write_bytes(path, encode_image(overlay(rgb, label)))
     return os.path.relpath(path, output)
 
 

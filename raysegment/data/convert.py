@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import storage
 from .dataset import Problem, read_class_names
-from .visualize import encode_label_png
+from .labels import encode_label_png
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -8,17 +8,13 @@
 Labels are single-channel PNGs of class ids (8-bit gray or palette), 255 meaning "ignore".
 """
 
-import io
 import posixpath
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from .. import storage
 from .image import decode_image
+from .labels import LabelError, decode_label
 
-IGNORE_INDEX = 255
 SPLITS = ("train", "val")
 
 
@@ -43,10 +39,6 @@ class Problem:
 
     def to_json(self):
         return {"file": self.file, "line": self.line, "message": self.message}
-
-
-class LabelError(ValueError):
-    pass
 
 
 def read_class_names(root):
@@ -92,24 +84,6 @@ def iter_split(root, split):
             yield Problem(list_file, number, f"path {bad[0]!r} is outside the dataset folder; list paths must be relative to it")
             continue
         yield Sample(storage.join(root, rels[0]), storage.join(root, rels[1]), list_file, number)
-
-
-def decode_label(data, name="label"):
-    """PNG bytes -> (H, W) integer class ids. Palette PNGs give their indices; colour labels are refused."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise LabelError(f"label {name} cannot be read ({e})") from None
-    if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"):
-        raise LabelError(f"label {name} has {img.mode} colour channels; labels must be single-channel class ids "
-                         "(gray or palette PNG). Convert colour masks with CheckDataset.convert (VOC)")
-    if img.mode == "1":
-        img = img.convert("L")
-    arr = np.asarray(img)
-    if arr.ndim != 2 or arr.size == 0:
-        raise LabelError(f"label {name} has shape {arr.shape}; expected a non-empty H x W map")
-    return arr
 
 
 def read_pair(image_uri, label_uri):

@@ -67,3 +67,14 @@ def to_rgb8(img, name="image", max_pixels=None):
     if img.shape[2] == 3:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     raise ImageError(f"{name} has {img.shape[2]} channels; expected 1, 3 or 4")
+
+
+def encode_image(rgb, ext=".jpg"):
+    """(H, W, 3) uint8 RGB -> image file bytes in the format `ext` names (".jpg", ".png", ...)."""
+    try:
+        ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"cannot write an image as {ext!r}; use a .png or .jpg name")
+    return buf.tobytes()

@@ -14,7 +14,7 @@ pixels (what PaddleSeg calls class accuracy).
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from .labels import IGNORE_INDEX
 
 
 class ConfusionMatrix:

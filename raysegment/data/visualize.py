@@ -1,10 +1,7 @@
 """Pictures of label maps with OpenCV: PaddleX's colours, overlays, and a class histogram."""
 
-import io
-
 import cv2
 import numpy as np
-from PIL import Image
 
 
 def color_map(n=256):
@@ -27,19 +24,6 @@ def colorize(label_map):
     return PALETTE[label_map if label_map.dtype == np.uint8 else label_map % 256]
 
 
-def encode_label_png(label_map):
-    """(H, W) class ids -> lossless PNG bytes: a palette PNG (ids as pixel values, shown in
-    PaddleX's colours) up to 256 classes, 16-bit gray beyond."""
-    label_map = np.asarray(label_map)
-    if label_map.size and label_map.max() > 255:
-        return cv2.imencode(".png", label_map.astype(np.uint16))[1].tobytes()
-    img = Image.fromarray(label_map.astype(np.uint8), mode="P")
-    img.putpalette(PALETTE.ravel().tolist())
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)  # labels compress nearly as well at level 1, much faster
-    return buf.getvalue()
-
-
 def overlay(rgb, label_map, ignore_index=255, alpha=0.5):
     """Blend the colour mask over the image; ignored pixels show the image alone."""
     blended = cv2.addWeighted(rgb, 1 - alpha, colorize(label_map), alpha, 0)
@@ -50,8 +34,8 @@ def overlay(rgb, label_map, ignore_index=255, alpha=0.5):
 
 def draw_histogram(class_names, series, width=900, row_h=26):
     """Horizontal bars of each class's share of labelled pixels, one bar per series (e.g. train,
-    val); returns a BGR image. `series` maps a name to per-class pixel counts."""
-    colours = [(180, 119, 31), (14, 127, 255), (44, 160, 44)]  # BGR
+    val); returns an RGB image. `series` maps a name to per-class pixel counts."""
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]  # RGB
     label_w, margin = 170, 10
     bar_w = width - label_w - 2 * margin - 60
     height = margin * 3 + row_h * (len(class_names) + 1)

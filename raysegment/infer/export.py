@@ -8,6 +8,7 @@ import os
 
 import paddle
 
+from ..data.labels import default_class_names
 from ..models import build_model, load_weights, save_weights
 from .model_files import CHECKPOINT_PARAMS, ModelInfo, read_model_folder, write_inference_yml
 
@@ -63,8 +64,6 @@ def export_checkpoint(checkpoint_folder, folder):
 
 def export_from_config(cfg, untrained=False):
     """Global.mode=export: Export.weight_path (checkpoint folder or .pdparams) -> Global.output."""
-    from .model_files import default_class_names
-
     weights, out = cfg.Export.weight_path, cfg.Global.output
     if untrained == (weights is not None):
         raise ValueError("pass exactly one of -o Export.weight_path=... or --untrained")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from ..data.labels import default_class_names
 from ..models import MODELS
 
 INFERENCE_YML = "inference.yml"
@@ -65,10 +66,6 @@ class ModelInfo:
         if exported:
             deploy = {"model": "inference.json", "params": "inference.pdiparams", "output_op": "argmax", "output_dtype": "int32", **deploy}
         return {"Global": {"model_name": self.model_name}, "Deploy": deploy, "label_list": self.class_names}
-
-
-def default_class_names(num_classes):
-    return [f"class_{i}" for i in range(num_classes)]
 
 
 def write_inference_yml(folder, info, exported):

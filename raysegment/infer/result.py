@@ -4,48 +4,26 @@ A result is a dict with PaddleX's keys: `input_path`, `page_index`, `input_img` 
 `pred` (1, H, W) int32 label map. PaddleX's JSON spells `pred` out as nested lists (3.3 MB for one
 360x480 image); ours stores it as a lossless PNG, base64-encoded, with its shape:
     "pred": {"encoding": "png+base64", "shape": [h, w], "data": "iVBORw0..."}
-(`decode_mask` turns it back into the array). `.img["res"]` is the pseudo-colour map as an RGB
+(`decode_mask` turns it back into the array; the PNG is the one every label map of ours uses,
+see data/labels.py). `.img["res"]` is the pseudo-colour map as an RGB
 ndarray, coloured as PaddleX colours it.
 """
 
 import base64
 import json
-import logging
 import mimetypes
 import os
 import uuid
 
-import cv2
-import numpy as np
-
 from .. import storage
+from ..data.image import encode_image
+from ..data.labels import decode_label, encode_label_png
 from ..data.visualize import colorize
-
-log = logging.getLogger(__name__)
-
-
-def encode_mask_png(label_map):
-    """(H, W) labels -> lossless PNG bytes (8-bit when labels fit, else 16-bit)."""
-    label_map = np.asarray(label_map)
-    dtype = np.uint8 if label_map.max(initial=0) < 256 else np.uint16
-    # Compression level 1: a label map compresses nearly as well at level 1 as at 9, several times faster.
-    ok, buf = cv2.imencode(".png", label_map.astype(dtype), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("could not PNG-encode the label map")
-    return buf.tobytes()
-
-
-def pixel_counts(label_map, class_names):
-    """{class name: pixels} of the classes present (unnamed classes are class_<k>)."""
-    counts = np.bincount(np.asarray(label_map).ravel(), minlength=len(class_names or ()))
-    names = list(class_names or ()) + [f"class_{k}" for k in range(len(class_names or ()), len(counts))]
-    return {n: int(c) for n, c in zip(names, counts) if c}
 
 
 def decode_mask(pred_json):
     """The `pred` entry of our JSON -> (H, W) label map."""
-    data = base64.b64decode(pred_json["data"])
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return decode_label(base64.b64decode(pred_json["data"]), name="pred")
 
 
 def _is_type(path, prefix):
@@ -75,7 +53,7 @@ class SegResult(dict):
 
     def _res_json(self, mask=True):
         h, w = self.label_map.shape
-        pred = {"encoding": "png+base64", "shape": [h, w], "data": base64.b64encode(encode_mask_png(self.label_map)).decode()}
+        pred = {"encoding": "png+base64", "shape": [h, w], "data": base64.b64encode(encode_label_png(self.label_map)).decode()}
         res = {"input_path": self["input_path"], "page_index": self["page_index"], "pred": pred if mask else "..."}
         if self.class_names:
             res["class_names"] = self.class_names
@@ -113,10 +91,7 @@ class SegResult(dict):
         if not _is_type(save_path, "image/"):
             stem, suffix = self._input_stem()
             save_path = os.path.join(save_path, f"{stem}_res{suffix}")
-        ok, buf = cv2.imencode(os.path.splitext(save_path)[1], cv2.cvtColor(self.img["res"], cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise ValueError(f"cannot encode an image for {save_path!r}; use a .png or .jpg name")
-        storage.write_bytes(save_path, buf.tobytes())
+        storage.write_bytes(save_path, encode_image(self.img["res"], os.path.splitext(save_path)[1]))
         return save_path
 
     def __repr__(self):

@@ -17,10 +17,10 @@ import paddle
 
 from ..data.augment import AugmentSpec
 from ..data.dataset import read_class_names
+from ..data.labels import default_class_names
 from ..data.metrics import ConfusionMatrix
 from ..infer import Predictor, export_model, save_checkpoint
 from ..infer.engines import default_cpu_threads
-from ..infer.model_files import default_class_names
 from ..models import WeightsError, build_model, load_weights
 from .data import local_batches, split_rows
 from .losses import training_loss

@@ -3,7 +3,7 @@
 import paddle
 import paddle.nn.functional as F
 
-IGNORE_INDEX = 255
+from ..data.labels import IGNORE_INDEX
 
 
 def cross_entropy(logits, label):
