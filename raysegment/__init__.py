@@ -17,9 +17,8 @@ import warnings
 os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message="No ccache found")
 
-from .config import ConfigError, load_config  # noqa: E402
-from .infer.model import SegModel  # noqa: E402
-from .models import MODELS, build_model  # noqa: E402
+from .config import ConfigError, load_config  # noqa: E402  (light: no Paddle)
+from .models import MODELS, build_model  # noqa: E402  (the registry: architectures load when built)
 
 __version__ = "0.1.0"
 
@@ -32,7 +31,19 @@ def create_model(model_name=None, model_dir=None, device=None, target_size=None,
     target_size: None (the folder's setting), -1 (no resize), N or (width, height).
     Extra keyword arguments (num_classes, run_mode, cpu_threads, max_image_pixels) go to the Predictor.
     """
+    from .infer.model import SegModel
+
     return SegModel.create(model_name, model_dir, device, target_size, **kw)
+
+
+def __getattr__(name):
+    # Paddle takes ~1.3 s to import: `import raysegment` (and every module that only reads configs,
+    # lists inputs or decodes images, e.g. Ray Data's read tasks) must not pay for it
+    if name == "SegModel":
+        from .infer.model import SegModel
+
+        return SegModel
+    raise AttributeError(f"module 'raysegment' has no attribute {name!r}")
 
 
 __all__ = ["create_model", "build_model", "load_config", "ConfigError", "MODELS", "SegModel", "__version__"]

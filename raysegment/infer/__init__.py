@@ -1,11 +1,23 @@
-"""Inference: the Predictor, PaddleX-style result objects, export and checkpoints."""
+"""Inference: the Predictor, PaddleX-style result objects, export and checkpoints.
 
-from .export import export_checkpoint, export_model, load_checkpoint, save_checkpoint
-from .model_files import ModelFolderError
-from .predictor import Predictor, load_predictor
-from .result import SegResult, decode_mask
+Names load on first use: export and the engines import Paddle, which code that only reads
+results or model folders should not pay for.
+"""
 
-__all__ = [
-    "Predictor", "load_predictor", "SegResult", "decode_mask", "ModelFolderError",
-    "export_model", "export_checkpoint", "save_checkpoint", "load_checkpoint",
-]
+import importlib
+
+_HOMES = {
+    "Predictor": "predictor", "load_predictor": "predictor",
+    "SegResult": "result", "decode_mask": "result",
+    "ModelFolderError": "model_files",
+    "export_model": "export", "export_checkpoint": "export", "save_checkpoint": "export", "load_checkpoint": "export",
+}
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+
+
+__all__ = list(_HOMES)

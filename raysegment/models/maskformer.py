@@ -10,7 +10,7 @@ MLP embedding with the mask features. Semantic inference: class probabilities (n
 times mask probabilities, summed over queries, gives (N, K, H, W) scores.
 
 Training returns every decoder layer's predictions (deep supervision) and is scored by
-`raysegment.train.maskformer_loss` (Hungarian matching, cross-entropy, focal and dice losses).
+`raysegment.models.maskformer_loss` (Hungarian matching, cross-entropy, focal and dice losses).
 Names follow PaddleSeg's MaskFormer (`seghead.pixel_decoder`, `seghead.predictor`).
 """
 
@@ -182,7 +182,7 @@ class MaskFormer(nn.Layer):
         return [resize_to(semantic_scores(*outs[-1]), paddle.shape(x)[2:])]
 
     def loss(self, outputs, label):
-        from ..train.maskformer_loss import maskformer_loss
+        from .maskformer_loss import maskformer_loss
 
         return maskformer_loss(outputs["layers"], label, self.num_classes)
 

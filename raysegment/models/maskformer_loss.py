@@ -15,7 +15,7 @@ import paddle
 import paddle.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from .losses import IGNORE_INDEX
+from ..data.labels import IGNORE_INDEX
 
 CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT = 1.0, 20.0, 1.0, 0.1
 ALPHA, GAMMA = 0.25, 2.0
