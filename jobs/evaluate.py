@@ -5,9 +5,9 @@ Kappa, Dice.
         -o Evaluate.weight_path=output/best_model/model.pdparams -o Global.output=output/eval
     # an exported inference folder works too; more actors / GPUs come from the Ray section
     python jobs/evaluate.py -c configs/PP-LiteSeg-T.yaml -o Global.dataset_dir=s3://bucket/camvid \
-        -o Evaluate.weight_path=output/best_model/inference -o Ray.predict_concurrency=4 -o Ray.gpus_per_actor=1
+        -o Evaluate.weight_path=output/best_model/inference -o Ray.predict_concurrency=4 -o Global.device=gpu
 
-Writes Global.output/evaluate_result.json. On a cluster: `ray job submit -- python jobs/evaluate.py ...`.
+Prints a progress line every Evaluate.log_interval actor batches; writes Global.output/evaluate_result.json. On a cluster: `ray job submit -- python jobs/evaluate.py ...`.
 Same as `python -m raysegment -c CONFIG -o Global.mode=evaluate ...`.
 """
 
@@ -24,10 +24,10 @@ def main(argv=None):
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), required=True)
     cfg = config_from_args(parser.parse_args(argv), parser)
 
-    from raysegment.batch import evaluate_from_config
-    from raysegment.cli import report_evaluation
+    from raysegment.batch import evaluate
+    from raysegment.cli import print_progress, report_evaluation
 
-    report_evaluation(evaluate_from_config(cfg), cfg.Global.output)
+    report_evaluation(evaluate(cfg, progress=print_progress("val samples evaluated", newline=True)), cfg.Global.output)
 
 
 if __name__ == "__main__":

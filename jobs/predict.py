@@ -2,11 +2,11 @@
 
     python jobs/predict.py --model-dir output/best_model/inference --input images/ --output output/masks
     ray job submit --working-dir . -- python jobs/predict.py --model-dir /shared/models/inference \
-        --input s3://bucket/images/ --output s3://bucket/masks/ -o Ray.predict_concurrency=8 -o Ray.gpus_per_actor=1
+        --input s3://bucket/images/ --output s3://bucket/masks/ -o Global.device=gpu -o Ray.predict_concurrency=8 -o Predict.batch_size=8
     python jobs/predict.py -c configs/PP-LiteSeg-T.yaml -o Predict.model_dir=... -o Predict.input=... -o Predict.output=...
     # a C-core CPU machine runs fastest with C single-thread actors (here C = 2; see the README's benchmark)
     python jobs/predict.py --model-dir MODEL --input images/ --output out/ -o Ray.predict_concurrency=2 \
-        -o Ray.cpus_per_actor=0.5 -o Ray.threads_per_actor=1 -o Ray.predict_batch_size=4
+        -o Ray.cpus_per_actor=0.5 -o Ray.threads_per_actor=1 -o Ray.predict_batch_size=4 -o Predict.batch_size=4
 
 --input is repeatable: a folder (recursive), a glob, an image file, a .txt of URIs (one a line),
 an s3:// prefix or key, or an http(s) URL. For OUT/a/b/img.png (label map), OUT/a/b/img.json
@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.cli import add_config_arguments, config_from_args, report_bulk, run  # noqa: E402
+from raysegment.cli import add_config_arguments, config_from_args, print_progress, report_bulk, run  # noqa: E402
 
 
 def main(argv=None):
@@ -44,13 +44,9 @@ def main(argv=None):
     if not cfg.Predict.model_dir or not cfg.Predict.input:
         parser.error("pass --model-dir and --input (or Predict.model_dir and Predict.input)")
 
-    from raysegment.batch import predict_from_config
+    from raysegment.batch import predict_bulk
 
-    sys.exit(report_bulk(predict_from_config(cfg, progress=print_progress)))
-
-
-def print_progress(done, total, seconds):
-    print(f"\r{done}/{total} images, {done / max(seconds, 1e-9):.2f} images/s", end="", flush=True)
+    sys.exit(report_bulk(predict_bulk(cfg, progress=print_progress("images"))))
 
 
 if __name__ == "__main__":

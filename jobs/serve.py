@@ -11,7 +11,7 @@
 
 -c reads the `args` and `http_options` of a Serve config file (configs/serve.yaml); -o sets one
 of its args (see ServeOptions in raysegment/config.py). Binds 127.0.0.1 unless --host says otherwise.
-Connects to RAY_ADDRESS (or -o address=...) when set, else starts a local Ray.
+Connects to --address (or RAY_ADDRESS) when set, else starts a local Ray.
 """
 
 import argparse
@@ -35,7 +35,7 @@ def main(argv=None):
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or a local Ray")
     args = parser.parse_args(argv)
 
-    from raysegment.batch import init_ray
+    from raysegment.ray_env import init_ray
     from raysegment.serve import load_serve_config, start
 
     opts = load_serve_config(args.config, args.override, model_dir=args.model_dir, host=args.host, port=args.port)

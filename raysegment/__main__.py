@@ -23,13 +23,13 @@ def main(argv=None):
 
         sys.exit(report_check(check_from_config(cfg), cfg.Global.output))
     elif mode == "evaluate":
-        from .batch import evaluate_from_config
+        from .batch import evaluate
 
-        report_evaluation(evaluate_from_config(cfg), cfg.Global.output)
+        report_evaluation(evaluate(cfg), cfg.Global.output)
     elif mode == "predict":
-        from .batch import predict_from_config
+        from .batch import predict_bulk
 
-        sys.exit(report_bulk(predict_from_config(cfg)))
+        sys.exit(report_bulk(predict_bulk(cfg)))
     elif mode == "train":
         from .train.ray_train import fit
 

@@ -33,6 +33,17 @@ def run(main):
         sys.exit(1)
 
 
+def print_progress(what, newline=False):
+    """A progress(done, total, seconds) callback printing `done/total <what>, rate/s`: in place
+    (carriage return) or a line each call."""
+
+    def show(done, total, seconds):
+        line = f"{done}/{total} {what}, {done / max(seconds, 1e-9):.2f}/s"
+        print(line if newline else f"\r{line}", end="\n" if newline else "", flush=True)
+
+    return show
+
+
 def report_check(result, output):
     """Print a check result's summary; returns the exit code (0 pass, 1 fail)."""
     a = result["attributes"]

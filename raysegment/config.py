@@ -36,7 +36,9 @@ class GlobalSection:
     model: str = ""
     mode: str = field(default="predict", metadata=_choice("check_dataset", "train", "evaluate", "predict", "export"))
     dataset_dir: str | None = None
-    device: str = "cpu"  # cpu, gpu, gpu:N or gpu:0,1,2,3
+    # cpu, gpu, gpu:N or gpu:0,1,2,3: where training workers and the predict/evaluate actors compute;
+    # a list of N GPUs means N workers (or N actors). On Ray, which GPU a process gets is Ray's choice.
+    device: str = "cpu"
     output: str = "output"
 
 
@@ -95,7 +97,7 @@ class TrainSection:
 @dataclass
 class EvaluateSection:
     weight_path: str | None = None
-    log_interval: int = field(default=10, metadata=_min(1))
+    log_interval: int = field(default=10, metadata=_min(1))  # a progress line every N actor batches
 
 
 @dataclass
@@ -114,6 +116,8 @@ class PredictSection:
     model_dir: str | None = None
     input: str | list[str] | None = None  # folders, globs, files, URL lists (.txt), s3:// prefixes, URLs
     output: str = "output/predict"  # local folder or s3:// prefix
+    # images per forward pass (bulk job and evaluation); at most Ray.predict_batch_size, the images
+    # an actor gets at a time
     batch_size: int = field(default=1, metadata=_min(1))
     # None: the model folder's setting; -1: no resize; N: N x N; [w, h]
     target_size: int | list[int] | None = None
@@ -133,7 +137,7 @@ class RaySection:
     cpus_per_worker: float = field(default=1.0, metadata=_min(0.0))
     predict_batch_size: int = field(default=8, metadata=_min(1))  # images per actor call
     predict_concurrency: int = field(default=1, metadata=_min(1))  # predictor actors
-    gpus_per_actor: float = field(default=0.0, metadata=_min(0.0))
+    gpus_per_actor: float | None = field(default=None, metadata=_min(0.0))  # None: 1 when Global.device is gpu, else 0
     cpus_per_actor: float = field(default=1.0, metadata=_min(0.0))
     # Paddle threads per actor; None: cpus_per_actor. Ray reserves CPUs for scheduling only, so an
     # actor may compute with more threads than it reserves (on 2 cores: reserve 1, compute with 2)

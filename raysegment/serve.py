@@ -29,7 +29,6 @@ import socket
 import uuid
 from urllib.parse import urlparse
 
-import cv2
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -38,9 +37,10 @@ from starlette.exceptions import HTTPException
 
 from . import storage
 from .config import ServeOptions, parse_options
-from .data.image import ImageError, ImageTooLarge, decode_image
+from .data.image import ImageError, ImageTooLarge, decode_image, encode_image
+from .data.labels import encode_label_png, pixel_counts
 from .data.visualize import colorize
-from .infer.result import encode_mask_png, pixel_counts
+from .ray_env import init_ray, serve_replicas
 
 log = logging.getLogger(__name__)
 api = FastAPI(title="raysegment", docs_url=None, redoc_url=None)
@@ -167,12 +167,11 @@ class Segmenter:
     def __init__(self, options):
         from .infer import Predictor
 
-        self.opts = parse_options(ServeOptions, options, "args")
-        o = self.opts
-        device = o.device or ("gpu" if o.gpus_per_replica else "cpu")
-        self.predictor = Predictor.load(o.model_dir, device=device, target_size=o.target_size, run_mode=o.run_mode,
-                                        cpu_threads=o.threads_per_replica or max(int(o.cpus_per_replica), 1))
-        self.device = device
+        self.opts = o = parse_options(ServeOptions, options, "args")
+        placement = serve_replicas(o)
+        self.predictor = Predictor.load(o.model_dir, device=placement.device, target_size=o.target_size, run_mode=o.run_mode,
+                                        cpu_threads=placement.threads)
+        self.device = placement.device
         self.segment.set_max_batch_size(o.max_batch_size)
         self.segment.set_batch_wait_timeout_s(o.batch_wait_timeout_s)
 
@@ -236,7 +235,7 @@ class Segmenter:
         mask = await self.segment((rgb, target_size))
         vis = None
         if visualize if visualize is not None else self.opts.visualize:
-            vis = base64.b64encode(cv2.imencode(".jpg", cv2.cvtColor(colorize(mask), cv2.COLOR_RGB2BGR))[1]).decode()
+            vis = base64.b64encode(encode_image(colorize(mask))).decode()
         result = {"labelMap": mask.ravel(), "size": list(mask.shape), "image": vis}
         return await asyncio.to_thread(_json, {"logId": str(uuid.uuid4()), "errorCode": 0, "errorMsg": "Success", "result": result})
 
@@ -246,7 +245,7 @@ class Segmenter:
         mask = await self.segment((rgb, None))
         h, w = mask.shape
         names = self.predictor.class_names
-        png = base64.b64encode(encode_mask_png(mask)).decode()
+        png = base64.b64encode(encode_label_png(mask)).decode()
         return _json({"logId": str(uuid.uuid4()), "width": w, "height": h, "model": self.predictor.model_name,
                       "class_names": names, "pixel_counts": pixel_counts(mask, names),
                       "mask": {"encoding": "png+base64", "shape": [h, w], "data": png}})
@@ -276,9 +275,10 @@ def build_app(args=None):
     if opts.max_ongoing_requests < opts.max_batch_size:
         raise ValueError(f"args.max_ongoing_requests ({opts.max_ongoing_requests}) is below args.max_batch_size "
                          f"({opts.max_batch_size}): batches could never fill; raise it")
-    scaling = {"autoscaling_config": opts.autoscaling} if opts.autoscaling else {"num_replicas": opts.num_replicas}
+    placement = serve_replicas(opts)  # refuses a device that contradicts gpus_per_replica before anything deploys
+    scaling = {"autoscaling_config": opts.autoscaling} if opts.autoscaling else {"num_replicas": placement.count}
     deployment = Segmenter.options(max_ongoing_requests=opts.max_ongoing_requests, **scaling,
-                                   ray_actor_options={"num_cpus": opts.cpus_per_replica, "num_gpus": opts.gpus_per_replica})
+                                   ray_actor_options=placement.ray_options)
     return deployment.bind(vars(opts))
 
 
@@ -307,8 +307,6 @@ def load_serve_config(path=None, overrides=(), **flags):
 def start(opts, ray_address=None, name="segmentation"):
     """Deploy the app for `opts` (ServeOptions) on Ray (connecting or starting a local one) with
     its HTTP proxy on opts.host:opts.port; returns the base URL. `serve.shutdown()` stops it."""
-    from .batch import init_ray
-
     init_ray(ray_address)
     serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s})
     serve.run(build_app(vars(opts)), name=name, route_prefix="/")

@@ -14,7 +14,16 @@ import raysegment
 from conftest import jpeg_bytes, png_bytes, random_image
 from raysegment import storage
 from raysegment.batch import predict_bulk
+from raysegment.config import load_config
 from raysegment.data.dataset import decode_label
+
+
+def bulk(model_dir, inputs, output, batch_size=None, *overrides):
+    """The bulk job as jobs/predict.py runs it: a config whose Predict section names the work."""
+    sizes = [f"Ray.predict_batch_size={batch_size}", f"Predict.batch_size={batch_size}"] if batch_size else []
+    cfg = load_config(None, [*sizes, *overrides])
+    cfg.Predict.model_dir, cfg.Predict.input, cfg.Predict.output = model_dir, inputs, output
+    return predict_bulk(cfg)
 
 
 def read_jsonl(text):
@@ -43,7 +52,7 @@ def test_folder_tree_with_broken_files(tmp_path, inference_dir, model, image_dir
     (image_dir / "empty.png").write_bytes(b"")
     (image_dir / "big.png").write_bytes(png_bytes(random_image(100, 100)))
     out = tmp_path / "out"
-    summary = predict_bulk(inference_dir, str(image_dir), str(out), batch_size=2, max_pixels=8000, visualize=True)
+    summary = bulk(inference_dir, str(image_dir), str(out), 2, "Predict.max_image_pixels=8000", "Predict.save_visualization=true")
     assert (summary["inputs"], summary["done"], summary["errors"]) == (6, 3, 3)
     assert json.loads((out / "_SUCCESS.json").read_text()) == summary
     manifest = read_jsonl((out / "_manifest.jsonl").read_text())
@@ -59,7 +68,7 @@ def test_folder_tree_with_broken_files(tmp_path, inference_dir, model, image_dir
 
 def test_another_architecture_through_the_bulk_job(tmp_path, maskformer_dir, image_dir, ray_local):
     out = tmp_path / "out"
-    summary = predict_bulk(maskformer_dir, str(image_dir), str(out), batch_size=2)
+    summary = bulk(maskformer_dir, str(image_dir), str(out), 2)
     assert (summary["done"], summary["errors"]) == (3, 0)
     assert_masks_match(raysegment.create_model(model_dir=maskformer_dir), str(out),
                        [(str(image_dir / "a.jpg"), "a"), (str(image_dir / "sub" / "b.png"), "sub/b")], "MaskFormer_tiny")
@@ -72,7 +81,7 @@ def test_url_list_from_a_local_http_server(tmp_path, inference_dir, model, http_
     urls = tmp_path / "urls.txt"
     urls.write_text(f"# a comment\n{base}/x.jpg\n{base}/missing.jpg\n\n{base}/y.jpg\n")
     out = tmp_path / "out"
-    summary = predict_bulk(inference_dir, str(urls), str(out), batch_size=2)
+    summary = bulk(inference_dir, str(urls), str(out), 2)
     assert (summary["inputs"], summary["done"], summary["errors"]) == (3, 2, 1)
     (error,) = read_jsonl((out / "_errors.jsonl").read_text())
     assert error["uri"] == f"{base}/missing.jpg" and "HTTP 404" in error["message"]
@@ -86,7 +95,7 @@ def test_s3_prefix_written_back_to_s3(tmp_path, inference_dir, model, image_dir,
             storage.write_bytes(f"s3://{s3_bucket}/in/{path.relative_to(image_dir).as_posix()}", path.read_bytes())
     storage.write_bytes(f"s3://{s3_bucket}/in/broken.jpg", b"nope")
     out = f"s3://{s3_bucket}/masks"
-    summary = predict_bulk(inference_dir, f"s3://{s3_bucket}/in/", out, batch_size=2)
+    summary = bulk(inference_dir, f"s3://{s3_bucket}/in/", out, 2)
     assert (summary["inputs"], summary["done"], summary["errors"]) == (4, 3, 1)
     manifest = read_jsonl(storage.read_bytes(f"{out}/_manifest.jsonl").decode())
     assert len(manifest) == 4 and json.loads(storage.read_bytes(f"{out}/_SUCCESS.json"))["done"] == 3
@@ -96,10 +105,10 @@ def test_s3_prefix_written_back_to_s3(tmp_path, inference_dir, model, image_dir,
 
 def test_rerun_skips_done_inputs_and_duplicates_count_once(tmp_path, inference_dir, image_dir, ray_local):
     out = tmp_path / "out"
-    first = predict_bulk(inference_dir, [str(image_dir / "a.jpg"), str(image_dir / "a.jpg")], str(out))
+    first = bulk(inference_dir, [str(image_dir / "a.jpg"), str(image_dir / "a.jpg")], str(out))
     assert (first["inputs"], first["processed_this_run"]) == (1, 1)
     (image_dir / "a.png").write_bytes((image_dir / "sub" / "b.png").read_bytes())  # same output stem as a.jpg
-    second = predict_bulk(inference_dir, str(image_dir), str(out), batch_size=2)
+    second = bulk(inference_dir, str(image_dir), str(out), 2)
     assert second["skipped_already_done"] == 1 and second["processed_this_run"] == 3
     assert (second["inputs"], second["done"], second["errors"]) == (4, 3, 1)
     errors = read_jsonl((out / "_errors.jsonl").read_text())
@@ -114,10 +123,10 @@ def test_killed_job_resumes_and_every_input_is_done_once(tmp_path, inference_dir
         (images / f"{i:02d}").mkdir(parents=True)
         (images / f"{i:02d}" / "img.jpg").write_bytes(jpeg_bytes(random_image(64, 96, seed=i)))
     out = tmp_path / "out"
-    script = ("import sys; from raysegment.batch import predict_bulk; "
-              f"predict_bulk({inference_dir!r}, {str(images)!r}, {str(out)!r}, batch_size=1)")
+    job = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "predict.py")
+    cmd = [sys.executable, job, "--model-dir", inference_dir, "--input", str(images), "--output", str(out), "--batch-size", "1"]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline and len(list((out / "_parts").glob("manifest-*"))) < 3:
         time.sleep(0.1)
@@ -126,7 +135,7 @@ def test_killed_job_resumes_and_every_input_is_done_once(tmp_path, inference_dir
     written_before = len(list((out / "_parts").glob("manifest-*")))
     assert written_before >= 3 and not (out / "_SUCCESS.json").exists()
 
-    summary = predict_bulk(inference_dir, str(images), str(out), batch_size=4)
+    summary = bulk(inference_dir, str(images), str(out), 4)
     assert summary["skipped_already_done"] >= 3 and summary["processed_this_run"] <= 13
     assert (summary["inputs"], summary["done"], summary["errors"]) == (16, 16, 0)
     manifest = read_jsonl((out / "_manifest.jsonl").read_text())

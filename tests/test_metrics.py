@@ -7,7 +7,7 @@ import pytest
 
 from conftest import CLASS_NAMES, make_dataset, write_label
 from raysegment import create_model
-from raysegment.batch import evaluate_from_config
+from raysegment.batch import evaluate
 from raysegment.config import load_config
 from raysegment.data.dataset import decode_label
 from raysegment.data.metrics import ConfusionMatrix
@@ -86,7 +86,7 @@ def test_evaluate_on_ray_matches_create_model(tmp_path, inference_dir, ray_local
 
     cfg = load_config(None, [f"Global.dataset_dir={root}", f"Global.output={tmp_path / 'out'}",
                              f"Evaluate.weight_path={inference_dir}", "Ray.predict_batch_size=2"])
-    result = evaluate_from_config(cfg)
+    result = evaluate(cfg)
     assert json.loads((tmp_path / "out" / "evaluate_result.json").read_text()) == result
     assert result["evaluated_samples"] == 5 and result["listed_samples"] == 6
     assert [(e["file"], e["line"]) for e in result["errors"]] == [("val.txt", 6)]
@@ -107,13 +107,14 @@ def test_evaluate_refuses_a_class_count_mismatch(tmp_path, inference_dir, ray_lo
     root = make_dataset(tmp_path / "ds", num_classes=5)
     cfg = load_config(None, [f"Global.dataset_dir={root}", f"Evaluate.weight_path={inference_dir}"])
     with pytest.raises(ValueError, match="the dataset has 5 classes .* predicts 3"):
-        evaluate_from_config(cfg)
+        evaluate(cfg)
 
 
 @pytest.mark.parametrize("override,match", [("Ray.cpus_per_actor=2", "leave no CPU of the cluster's 2"),
-                                             ("Ray.gpus_per_actor=1", "need 1 GPUs; the cluster has 0")])
+                                             ("Global.device=gpu", "need 1 GPUs; the cluster has 0"),
+                                             ("Ray.gpus_per_actor=1", "Global.device is cpu but Ray.gpus_per_actor is 1")])
 def test_evaluate_refuses_an_actor_pool_that_cannot_run(tmp_path, inference_dir, ray_local, override, match):
     root = make_dataset(tmp_path / "ds")
     cfg = load_config(None, [f"Global.dataset_dir={root}", f"Evaluate.weight_path={inference_dir}", override])
     with pytest.raises(ValueError, match=match):
-        evaluate_from_config(cfg)
+        evaluate(cfg)

@@ -11,7 +11,7 @@ import numpy as np
 from ..data import transforms as T
 from ..models import build_model, check_model_name, load_weights
 from .engines import InferenceEngine, LayerEngine, resolve_device
-from .model_files import ModelFolderError, ModelInfo, default_class_names, read_model_folder
+from .model_files import ModelFolderError, ModelInfo, read_model_folder
 
 # PaddleX's Resize defaults when a target size is asked for and the folder has no Resize transform.
 RESIZE_DEFAULTS = {"keep_ratio": True, "size_divisor": 32, "interp": "LINEAR"}
@@ -85,11 +85,11 @@ class Predictor:
         resized = T.resize(img, self._input_size(img, target_size), self._resize_args["interp"])
         return T.normalize_to_chw(resized, self.mean, self.std)
 
-    def predict(self, images, target_size=None):
+    def predict(self, images, target_size=None, batch_size=None):
         """RGB uint8 arrays (any sizes) -> (H, W) int32 label maps at each image's own size.
 
-        Images whose network inputs share a shape go through one forward pass together; the
-        caller decides the batch by how many images it passes.
+        Images whose network inputs share a shape go through the engine together, at most
+        `batch_size` per forward pass (None: all of them).
         """
         target_size = check_target_size(target_size)
         inputs = [self.preprocess(img, target_size) for img in images]
@@ -97,11 +97,14 @@ class Predictor:
         by_shape = {}
         for i, x in enumerate(inputs):
             by_shape.setdefault(x.shape, []).append(i)
-        for idx in by_shape.values():
-            out = self.engine(np.stack([inputs[i] for i in idx]))  # (n, h, w) int32
-            for i, label_map in zip(idx, out):
-                h, w = images[i].shape[:2]
-                labels[i] = T.restore_mask(label_map, w, h)
+        step = batch_size or len(images)
+        for same_shape in by_shape.values():
+            for start in range(0, len(same_shape), step):
+                idx = same_shape[start : start + step]
+                out = self.engine(np.stack([inputs[i] for i in idx]))  # (n, h, w) int32
+                for i, label_map in zip(idx, out):
+                    h, w = images[i].shape[:2]
+                    labels[i] = T.restore_mask(label_map, w, h)
         return labels
 
 
@@ -119,4 +122,4 @@ def load_predictor(model_name=None, model_dir=None, device=None, target_size=Non
     return Predictor.load(model_dir, model_name, device, target_size, num_classes, **kw)
 
 
-__all__ = ["Predictor", "load_predictor", "default_class_names", "official_model_dir"]
+__all__ = ["Predictor", "load_predictor", "official_model_dir"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ray.train.backend import Backend, BackendConfig
 
+from ..ray_env import check_fits, init_ray, train_workers
 from .data import ray_dataset, shard_batches
 from .loop import train
 
@@ -64,7 +65,7 @@ def _worker(config):
     import paddle
     import ray.train
 
-    cfg, use_gpu = config["cfg"], config["use_gpu"]
+    cfg, placement = config["cfg"], config["placement"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if world > 1:
@@ -77,8 +78,9 @@ def _worker(config):
         ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
 
     batches = shard_batches(ray.train.get_dataset_shard("train"), cfg.Train.batch_size)
-    train(cfg, batches, rank, world, report, resume_dir, device="gpu:0" if use_gpu else "cpu",
-          cpu_threads=max(int(cfg.Ray.cpus_per_worker), 1))
+    # Ray gives each GPU worker its GPU as CUDA_VISIBLE_DEVICES: it is always gpu:0 inside
+    train(cfg, batches, rank, world, report, resume_dir, device="gpu:0" if placement.device == "gpu" else "cpu",
+          cpu_threads=placement.threads)
 
 
 def validate(cfg, num_workers):
@@ -106,22 +108,6 @@ def validate(cfg, num_workers):
     return rows
 
 
-def workers_and_gpu(cfg):
-    """(num_workers, use_gpu) from Global.device and the Ray section, as PaddleX users expect:
-    gpu:0,1,2,3 means four GPU workers; cpu means CPU workers (Ray.num_workers of them)."""
-    device = cfg.Global.device.strip().lower()
-    if device == "cpu":
-        if cfg.Ray.use_gpu:
-            raise ValueError("Global.device is cpu but Ray.use_gpu is true; set one of them to match the other")
-        return cfg.Ray.num_workers, False
-    kind, _, ids = device.partition(":")
-    if kind != "gpu":
-        raise ValueError(f"Global.device {cfg.Global.device!r} is not cpu, gpu or gpu:0,1,...")
-    if "," in ids:
-        return len(ids.split(",")), True
-    return max(cfg.Ray.num_workers, 1), True
-
-
 def with_absolute_paths(cfg):
     """The config with its relative local paths made absolute against this (the driver's) working
     directory: Ray Train workers run elsewhere, and `Global.dataset_dir=../data` must mean what the
@@ -142,28 +128,26 @@ def with_absolute_paths(cfg):
 def fit(cfg):
     """Train as the config says: on Ray Train workers, or in this process when Ray.num_workers is 0."""
     cfg = with_absolute_paths(cfg)
-    num_workers, use_gpu = workers_and_gpu(cfg)
-    rows = validate(cfg, num_workers)
-    if num_workers == 0:
+    workers = train_workers(cfg)
+    use_gpu = workers.device == "gpu"
+    rows = validate(cfg, workers.count)
+    if workers.count == 0:
         return train(cfg, device="gpu:0" if use_gpu else "cpu")
 
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from ..batch import check_cluster_fits, init_ray
     from ..data.augment import AugmentSpec
 
-    ray_ = init_ray(cfg.Ray.address)
-    check_cluster_fits(ray_, num_workers, cfg.Ray.cpus_per_worker, 1 if use_gpu else 0,
-                       keys=("Ray.num_workers / Global.device", "Ray.cpus_per_worker", "GPU per worker"))
+    check_fits(init_ray(cfg.Ray.address), workers)
     out = cfg.Global.output  # absolute: with_absolute_paths
     os.makedirs(out, exist_ok=True)
     trainer = DataParallelTrainer(
         _worker,
-        train_loop_config={"cfg": cfg, "use_gpu": use_gpu},
+        train_loop_config={"cfg": cfg, "placement": workers},
         backend_config=PaddleConfig(use_gpu=use_gpu),
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": cfg.Ray.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers.count, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": workers.cpus, **({"GPU": workers.gpus} if use_gpu else {})}),
         # a fixed name under the output folder: rerunning the same command resumes from the last checkpoint
         run_config=ray.train.RunConfig(name="ray_train", storage_path=cfg.Ray.storage_path or os.path.join(out, "ray_results"),
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.Ray.max_failures),
