@@ -1,9 +1,9 @@
-"""Benchmarks: each prints a table and writes JSON; figures are ratios measured in one run.
+"""Benchmarks: each subcommand prints a table and writes JSON; figures are ratios measured in one run.
 
     python jobs/benchmark.py predict                       # 100 bundled-size images (360x480)
     python jobs/benchmark.py predict --n 200 --batch-size 4 --model-dir output/best_model/inference
     python jobs/benchmark.py train                         # 256x256 crops, batch 4 per worker
-    python jobs/benchmark.py train --dataset-dir ../shared/data/camvid --iters 40
+    python jobs/benchmark.py train --dataset-dir ../shared/data/camvid --iters 40 -c configs/SegFormer-B0.yaml
     python jobs/benchmark.py bulk                          # 200 and 2000 images
     python jobs/benchmark.py serve                         # 1, 8, 32 clients, batching on and off
     python jobs/benchmark.py models                        # all 20 models: params, GFLOPs, CPU images/s
@@ -11,29 +11,29 @@
 
 predict: images/s of `create_model().predict` with save_to_img + save_to_json, against the bare
 exported-model forward on pre-decoded, pre-normalised arrays (the compute limit), and the forward
-speed of every paddle.inference CPU mode and of dygraph. Without --model-dir an untrained
-PP-LiteSeg-T is exported (speed does not depend on the weights).
+speed of every paddle.inference CPU mode and of dygraph.
 
 bulk: images/s of the bulk job (jobs/predict.py, a fresh local Ray, outputs written), of a
 sequential create_model().predict + save loop, and of the bare forward on pre-decoded arrays (the
-compute limit), plus the bulk job's peak memory (RSS summed over its process tree: driver, Ray
-services and workers) at N and 10 N images.
+compute limit, in the faster of two CPU layouts), plus the bulk job's peak memory (RSS summed over
+its process tree: driver, Ray services and workers) at N and 10 N images.
 
-serve: a closed-loop load test of the Serve app (jobs/serve.py's app, a fresh local Ray) at 1, 8
-and 32 concurrent clients, with dynamic batching (max 8) and without, bounded by --requests and
---seconds per row: requests/s, p50 and p99 latency, errors; beside the bulk job's images/s on the
-same images, and the time to write a 2048x1024 labelMap as JSON.
+serve: a closed-loop load test of the Serve app (a fresh local Ray) at 1, 8 and 32 concurrent
+clients, with dynamic batching and without, bounded by --requests and --seconds per row:
+requests/s, p50 and p99 latency, errors; beside the bulk job's images/s on the same images, and
+the time to write a 2048x1024 labelMap as JSON.
 
-models: for every registered model (or --models), parameters, GFLOPs of one 512x512 forward
-(multiply-accumulates, the papers' convention: Conv2D/Linear layers plus the matmul/einsum calls
-attention makes directly) and CPU images/s of the exported model
-through paddle.inference at 512x512, batch 1, all CPU threads (untrained weights: speed does not
-depend on them), in one run.
+models: for every registered model (or --models), parameters, GFLOPs of one forward
+(raysegment.models.flops) and CPU images/s of the exported model through paddle.inference,
+batch 1, all CPU threads, in one run.
 
 train: training images/s of jobs/train.py's Ray Train path with 1 worker and with 2 workers
-(gloo), against the bare Paddle forward + backward + step on random arrays in one process with
-the same thread count (the compute limit): overhead = 1 - Ray 1 worker / bare. Without
---dataset-dir a dataset is made from the bundled images with random block labels.
+(gloo), against the bare Paddle forward + backward + step on random arrays in one process (the
+compute limit): overhead = 1 - Ray 1 worker / bare. Without --dataset-dir a dataset is made from
+the bundled images with random block labels.
+
+predict, bulk and serve use --model-dir, or an untrained PP-LiteSeg-T with 11 classes (speed does
+not depend on the weights); every title names the model measured.
 """
 
 import argparse
@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +54,39 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "raysegment", "data", "samples")
 
 
+# ---- one timer, one table --------------------------------------------------------------------
+
+
+def best_seconds(fn, repeats=2):
+    """Seconds of fn(), best of `repeats` (the machine is shared; the best run is the least disturbed)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def rate(fn, n, repeats=2):
+    """Items per second of fn() handling `n` items, best of `repeats`."""
+    return n / best_seconds(fn, repeats)
+
+
+def print_table(title, header, rows, decimals=2):
+    """A titled table: the first column left-aligned, the rest right-aligned, floats rounded."""
+    def cell(v):
+        return f"{v:.{decimals}f}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in [list(header)] + cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for row in [list(header)] + cells:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+
 def make_image_dir(folder, n):
     """n JPEGs of one size, cycling through the bundled CamVid samples."""
     samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
@@ -62,28 +96,27 @@ def make_image_dir(folder, n):
     return folder
 
 
-def untrained_model_dir(folder, model_name="PP-LiteSeg-T", num_classes=11):
+def model_folder(args, work, model_name="PP-LiteSeg-T", num_classes=11):
+    """(inference folder, model name): --model-dir, or an untrained model exported here (with its
+    checkpoint beside it, for the dygraph row)."""
+    from raysegment.infer.model_files import read_model_folder
+
+    if args.model_dir:
+        return args.model_dir, read_model_folder(args.model_dir).model_name
     import paddle
 
+    from raysegment.data.labels import default_class_names
     from raysegment.infer import export_model, save_checkpoint
-    from raysegment.infer.model_files import default_class_names
     from raysegment.models import build_model
 
     paddle.seed(0)
     layer = build_model(model_name, num_classes)
     names = default_class_names(num_classes)
-    save_checkpoint(layer, os.path.join(folder, "checkpoint"), model_name, names)
-    return export_model(layer, os.path.join(folder, "inference"), model_name, names)
+    save_checkpoint(layer, os.path.join(work, "model", "checkpoint"), model_name, names)
+    return export_model(layer, os.path.join(work, "model", "inference"), model_name, names), f"untrained {model_name}"
 
 
-def timed(fn, n_images, repeats=2):
-    """images/s of fn(), best of `repeats` (the machine is shared; the best run is the least disturbed)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return n_images / best
+# ---- predict -----------------------------------------------------------------------------------
 
 
 def bench_predict(args, work):
@@ -94,8 +127,7 @@ def bench_predict(args, work):
     from raysegment.infer.engines import CPU_RUN_MODES, InferenceEngine, LayerEngine, resolve_device
     from raysegment.infer.export import load_checkpoint
 
-    args.n, args.batch_size = args.n or 100, args.batch_size or 1
-    model_dir = args.model_dir or untrained_model_dir(os.path.join(work, "model"))
+    model_dir, model_name = model_folder(args, work)
     images = make_image_dir(os.path.join(work, "images"), args.n)
     out_dir = os.path.join(work, "out")
     model = raysegment.create_model(model_dir=model_dir, device=args.device)
@@ -103,7 +135,7 @@ def bench_predict(args, work):
     paths = sorted(os.path.join(images, f) for f in os.listdir(images))
     rgb = [decode_image(open(p, "rb").read(), p) for p in paths]
     batches = [np.stack([predictor.preprocess(img) for img in rgb[i : i + args.batch_size]]) for i in range(0, len(rgb), args.batch_size)]
-    predictor.engine(batches[0])  # warm-up; settles the CPU run mode
+    predictor.engine(batches[0])  # warm-up
 
     def end_to_end():
         for res in model.predict(images, batch_size=args.batch_size):
@@ -113,45 +145,43 @@ def bench_predict(args, work):
     def forward(engine):
         return lambda: [engine(b) for b in batches]
 
-    rows = {}
-    rows["create_model().predict + save (end to end)"] = timed(end_to_end, args.n)
-    rows["bare forward, pre-decoded (compute limit)"] = timed(forward(predictor.engine), args.n)
-    stages = {
-        "read + decode only": timed(lambda: [decode_image(open(p, "rb").read(), p) for p in paths], args.n),
-        "preprocess only": timed(lambda: [predictor.preprocess(img) for img in rgb], args.n),
-    }
+    rows = {"create_model().predict + save (end to end)": rate(end_to_end, args.n),
+            "bare forward, pre-decoded (compute limit)": rate(forward(predictor.engine), args.n)}
+    stages = {"read + decode only": rate(lambda: [decode_image(open(p, "rb").read(), p) for p in paths], args.n),
+              "preprocess only": rate(lambda: [predictor.preprocess(img) for img in rgb], args.n)}
     modes = {}
     device = resolve_device(args.device)
     for mode in [m for m in CPU_RUN_MODES if m != predictor.engine.run_mode] if device[0] == "cpu" else []:
         try:
-            engine = InferenceEngine(predictor.info.graph_file, predictor.info.params_file, device, mode if device[0] == "cpu" else None)
+            engine = InferenceEngine(predictor.info.graph_file, predictor.info.params_file, device, mode)
             engine(batches[0])
-            modes[f"paddle.inference {mode}"] = timed(forward(engine), args.n)
+            modes[f"paddle.inference {mode}"] = rate(forward(engine), args.n)
         except Exception as e:  # a mode that fails is a result to report, not a crash
             modes[f"paddle.inference {mode}"] = f"fails: {str(e).strip().splitlines()[0][:90]}"
-    ckpt = os.path.join(os.path.dirname(model_dir), "checkpoint")
-    if os.path.isdir(ckpt):
-        layer, _ = load_checkpoint(ckpt)
-        engine = LayerEngine(layer, device)
+    checkpoint = os.path.join(os.path.dirname(model_dir), "checkpoint")
+    if os.path.isdir(checkpoint):
+        engine = LayerEngine(load_checkpoint(checkpoint)[0], device)
         engine(batches[0])
-        modes["dygraph (checkpoint)"] = timed(forward(engine), args.n)
+        modes["dygraph (checkpoint)"] = rate(forward(engine), args.n)
 
-    e2e, limit = rows["create_model().predict + save (end to end)"], rows["bare forward, pre-decoded (compute limit)"]
-    print(f"\npredict benchmark: {args.n} images {rgb[0].shape[1]}x{rgb[0].shape[0]}, batch {args.batch_size}, "
-          f"{predictor.model_name}, run mode {predictor.engine.run_mode}, {os.cpu_count()} CPUs")
-    print(f"{'measurement':52s} {'images/s':>10s}")
-    for name, value in {**rows, **stages, **modes}.items():
-        print(f"{name:52s} {value:>10.2f}" if isinstance(value, float) else f"{name:52s} {value}")
-    print(f"{'ratio end-to-end / compute limit':52s} {e2e / limit:>10.3f}")
-    return {"n": args.n, "batch_size": args.batch_size, "image_size": [rgb[0].shape[1], rgb[0].shape[0]],
-            "model": predictor.model_name, "run_mode": predictor.engine.run_mode, "images_per_s": rows,
-            "stages_images_per_s": stages, "forward_modes_images_per_s": modes, "ratio_end_to_end_over_limit": e2e / limit}
+    ratio = rows["create_model().predict + save (end to end)"] / rows["bare forward, pre-decoded (compute limit)"]
+    print_table(f"predict benchmark: {args.n} images {rgb[0].shape[1]}x{rgb[0].shape[0]}, batch {args.batch_size}, {model_name}, "
+                f"run mode {predictor.engine.run_mode}, {os.cpu_count()} CPUs",
+                ("measurement", "images/s"), [*{**rows, **stages, **modes}.items(), ("ratio end-to-end / compute limit", ratio)])
+    return {"n": args.n, "batch_size": args.batch_size, "image_size": [rgb[0].shape[1], rgb[0].shape[0]], "model": model_name,
+            "run_mode": predictor.engine.run_mode, "images_per_s": rows, "stages_images_per_s": stages,
+            "forward_modes_images_per_s": modes, "ratio_end_to_end_over_limit": ratio}
+
+
+# ---- train -------------------------------------------------------------------------------------
 
 
 def make_train_dir(folder, n, num_classes=11):
     """A SegDataset from the bundled images with random block labels (speed does not depend on them)."""
     import cv2
     import numpy as np
+
+    from raysegment.data.labels import default_class_names
 
     samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
     rng = np.random.default_rng(0)
@@ -167,7 +197,7 @@ def make_train_dir(folder, n, num_classes=11):
         with open(os.path.join(folder, f"{split}.txt"), "w") as f:
             f.write("\n".join(part) + "\n")
     with open(os.path.join(folder, "labels.txt"), "w") as f:
-        f.write("".join(f"class_{i}\n" for i in range(num_classes)))
+        f.write("".join(f"{name}\n" for name in default_class_names(num_classes)))
     return folder
 
 
@@ -199,10 +229,7 @@ def bare_train_step_rate(cfg, iters, threads):
         return float(loss)  # sync point, as the loop's logging is
 
     step()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    return iters * t.batch_size / (time.perf_counter() - start)
+    return rate(lambda: [step() for _ in range(iters)], iters * t.batch_size, repeats=1)
 
 
 def bench_train(args, work):
@@ -212,26 +239,26 @@ def bench_train(args, work):
     dataset = args.dataset_dir or make_train_dir(os.path.join(work, "data"), 24)
     base = [f"Global.dataset_dir={dataset}", "Train.num_classes=11", "Train.batch_size=4", "Train.crop_size=[256,256]",
             f"Train.epochs_iters={args.iters}", f"Train.eval_interval={args.iters}", "Train.log_interval=10"]
-    config = os.path.join(ROOT, "configs", "PP-LiteSeg-T.yaml")
-    rows = {}
-    cfg = load_config(config, base)
-    rows["bare forward+backward, 1 thread (compute limit for 1 worker)"] = bare_train_step_rate(cfg, args.iters, 1)
-    rows["bare forward+backward, 2 threads"] = bare_train_step_rate(cfg, args.iters, 2)
+    cfg = load_config(args.config, base)
+    bare1, bare2 = bare_train_step_rate(cfg, args.iters, 1), bare_train_step_rate(cfg, args.iters, 2)
+    ray_rates = {}
     # On 2 cores a CPU must stay free for Ray Data's decode/augment tasks: 1 worker x 1 CPU, 2 x 0.5.
     for workers, cpus in ((1, 1.0), (2, 0.5)):
-        cfg = load_config(config, base + [f"Global.output={work}/run{workers}", f"Ray.num_workers={workers}", f"Ray.cpus_per_worker={cpus}"])
-        result = fit(cfg)
-        rows[f"Ray Train, {workers} worker{'s' * (workers > 1)} x 1 thread (jobs/train.py path)"] = result["images_per_s"]
-    bare1 = rows["bare forward+backward, 1 thread (compute limit for 1 worker)"]
-    ray1 = rows["Ray Train, 1 worker x 1 thread (jobs/train.py path)"]
-    ray2 = rows["Ray Train, 2 workers x 1 thread (jobs/train.py path)"]
-    print(f"\ntrain benchmark: PP-LiteSeg-T, 256x256 crops, batch 4 per worker, {args.iters} iterations, {os.cpu_count()} CPUs")
-    print(f"{'measurement':62s} {'images/s':>10s}")
-    for name, value in rows.items():
-        print(f"{name:62s} {value:>10.2f}")
-    print(f"{'Ray Train 1 worker / bare (1 - overhead)':62s} {ray1 / bare1:>10.3f}")
-    print(f"{'2 workers / 1 worker (scaling)':62s} {ray2 / ray1:>10.3f}")
-    return {"images_per_s": rows, "ray1_over_bare": ray1 / bare1, "scaling_2_over_1": ray2 / ray1, "iters": args.iters}
+        run_cfg = load_config(args.config, base + [f"Global.output={work}/run{workers}", f"Ray.num_workers={workers}",
+                                                   f"Ray.cpus_per_worker={cpus}"])
+        ray_rates[workers] = fit(run_cfg)["images_per_s"]
+    rows = {"bare forward+backward, 1 thread (compute limit for 1 worker)": bare1,
+            "bare forward+backward, 2 threads": bare2,
+            "Ray Train, 1 worker x 1 thread (jobs/train.py path)": ray_rates[1],
+            "Ray Train, 2 workers x 1 thread (jobs/train.py path)": ray_rates[2]}
+    ratios = {"ray1_over_bare": ray_rates[1] / bare1, "scaling_2_over_1": ray_rates[2] / ray_rates[1]}
+    print_table(f"train benchmark: {cfg.Global.model}, 256x256 crops, batch 4 per worker, {args.iters} iterations, {os.cpu_count()} CPUs",
+                ("measurement", "images/s"), [*rows.items(), ("Ray Train 1 worker / bare (1 - overhead)", ratios["ray1_over_bare"]),
+                                              ("2 workers / 1 worker (scaling)", ratios["scaling_2_over_1"])])
+    return {"model": cfg.Global.model, "images_per_s": rows, **ratios, "iters": args.iters}
+
+
+# ---- bulk --------------------------------------------------------------------------------------
 
 
 def tree_rss_bytes(root_pid):
@@ -256,12 +283,11 @@ def tree_rss_bytes(root_pid):
 def run_bulk_job(model_dir, images, out, batch_size, actors=1, threads=None):
     """jobs/predict.py in a fresh process (its own local Ray) with `actors` predictor actors of
     `threads` Paddle threads each, reserving the CPUs Ray Data's tasks leave; returns (summary, peak RSS bytes)."""
-    import subprocess
-
     cpus = os.cpu_count()
     cmd = [sys.executable, os.path.join(ROOT, "jobs", "predict.py"), "--model-dir", model_dir, "--input", images, "--output", out,
-           "-o", f"Ray.predict_batch_size={batch_size}", "-o", f"Ray.predict_concurrency={actors}",
-           "-o", f"Ray.cpus_per_actor={max(cpus - 1, 1) / actors:g}", "-o", f"Ray.threads_per_actor={threads or cpus}"]
+           "-o", f"Ray.predict_batch_size={batch_size}", "-o", f"Predict.batch_size={batch_size}",
+           "-o", f"Ray.predict_concurrency={actors}", "-o", f"Ray.cpus_per_actor={max(cpus - 1, 1) / actors:g}",
+           "-o", f"Ray.threads_per_actor={threads or cpus}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
     while proc.poll() is None:
@@ -282,10 +308,7 @@ def _forward_worker(model_dir, images, threads, batch_size, barrier, results):
     batches = [np.stack(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
     predictor.engine(batches[0])
     barrier.wait()  # every process starts timing together
-    start = time.perf_counter()
-    for b in batches:
-        predictor.engine(b)
-    results.put(time.perf_counter() - start)
+    results.put(best_seconds(lambda: [predictor.engine(b) for b in batches], repeats=1))
 
 
 def bare_forward_rate(model_dir, images, processes, threads, batch_size, repeats=2):
@@ -310,8 +333,8 @@ def bare_forward_rate(model_dir, images, processes, threads, batch_size, repeats
 def bench_bulk(args, work):
     import raysegment
 
-    n, cpus, batch = args.n or 200, os.cpu_count(), args.batch_size or 4
-    model_dir = args.model_dir or untrained_model_dir(os.path.join(work, "model"))
+    n, cpus, batch = args.n, os.cpu_count(), args.batch_size
+    model_dir, model_name = model_folder(args, work)
     small = make_image_dir(os.path.join(work, "images_n"), n)
     large = make_image_dir(os.path.join(work, "images_10n"), 10 * n)
     paths = sorted(os.path.join(small, f) for f in os.listdir(small))
@@ -328,29 +351,31 @@ def bench_bulk(args, work):
             res.save_to_img(os.path.join(work, "seq"))
             res.save_to_json(os.path.join(work, "seq"))
 
-    rows = {f"bare forward, pre-decoded, {name}": rate for name, rate in limits.items()}
-    rows[f"sequential create_model().predict + save ({cpus} threads)"] = timed(sequential, n, repeats=1)
+    seq = rate(sequential, n, repeats=1)
     summary_n, peak_n = run_bulk_job(model_dir, small, os.path.join(work, "bulk_n"), batch, actors, threads)
     summary_10n, peak_10n = run_bulk_job(model_dir, large, os.path.join(work, "bulk_10n"), batch, actors, threads)
     assert summary_n["done"] == n and summary_10n["done"] == 10 * n, (summary_n, summary_10n)
-    rows[f"bulk job, {n} images (jobs/predict.py, outputs written)"] = summary_n["images_per_s"]
-    rows[f"bulk job, {10 * n} images"] = summary_10n["images_per_s"]
-    limit, seq = limits[best], rows[f"sequential create_model().predict + save ({cpus} threads)"]
-    print(f"\nbulk benchmark: {n} and {10 * n} images 480x360, {cpus} CPUs, batch {batch}, "
-          f"{'untrained ' if not args.model_dir else ''}PP-LiteSeg-T; bulk job: {actors} actor(s) x {threads} thread(s)")
-    print(f"{'measurement':62s} {'images/s':>10s}")
-    for name, value in rows.items():
-        print(f"{name:62s} {value:>10.2f}")
+    rows = {**{f"bare forward, pre-decoded, {name}": value for name, value in limits.items()},
+            f"sequential create_model().predict + save ({cpus} threads)": seq,
+            f"bulk job, {n} images (jobs/predict.py, outputs written)": summary_n["images_per_s"],
+            f"bulk job, {10 * n} images": summary_10n["images_per_s"]}
+    limit = limits[best]
     ratios = {"bulk_n_over_limit": summary_n["images_per_s"] / limit, "bulk_10n_over_limit": summary_10n["images_per_s"] / limit,
               "bulk_n_over_sequential": summary_n["images_per_s"] / seq, "peak_memory_10n_over_n": peak_10n / peak_n}
-    print(f"{'bulk (N) / compute limit (' + best + ')':62s} {ratios['bulk_n_over_limit']:>10.3f}")
-    print(f"{'bulk (10 N) / compute limit':62s} {ratios['bulk_10n_over_limit']:>10.3f}")
-    print(f"{'bulk (N) / sequential':62s} {ratios['bulk_n_over_sequential']:>10.3f}")
-    print(f"{'peak memory, N images (MB)':62s} {peak_n / 2**20:>10.0f}")
-    print(f"{'peak memory, 10 N images (MB)':62s} {peak_10n / 2**20:>10.0f}")
-    print(f"{'peak memory 10 N / N':62s} {ratios['peak_memory_10n_over_n']:>10.3f}")
-    return {"n": n, "layout": {"actors": actors, "threads": threads, "batch_size": batch}, "images_per_s": rows,
+    print_table(f"bulk benchmark: {n} and {10 * n} images 480x360, {cpus} CPUs, batch {batch}, {model_name}; "
+                f"bulk job: {actors} actor(s) x {threads} thread(s)", ("measurement", "value"), [
+                    *((f"{name} (images/s)", value) for name, value in rows.items()),
+                    (f"bulk (N) / compute limit ({best})", ratios["bulk_n_over_limit"]),
+                    ("bulk (10 N) / compute limit", ratios["bulk_10n_over_limit"]),
+                    ("bulk (N) / sequential", ratios["bulk_n_over_sequential"]),
+                    ("peak memory, N images (MB)", round(peak_n / 2**20)),
+                    ("peak memory, 10 N images (MB)", round(peak_10n / 2**20)),
+                    ("peak memory 10 N / N", ratios["peak_memory_10n_over_n"])])
+    return {"n": n, "model": model_name, "layout": {"actors": actors, "threads": threads, "batch_size": batch}, "images_per_s": rows,
             "peak_rss_mb": {"n": peak_n / 2**20, "10n": peak_10n / 2**20}, **ratios}
+
+
+# ---- serve -------------------------------------------------------------------------------------
 
 
 def load_test(url, bodies, clients, max_requests, max_seconds):
@@ -408,18 +433,9 @@ def time_label_map_encoding(h=1024, w=2048, num_classes=19):
     import orjson
 
     mask = np.random.default_rng(0).integers(0, num_classes, (h, w), dtype=np.int32)
-    fast = timed_ms(lambda: orjson.dumps({"labelMap": mask.ravel()}, option=orjson.OPT_SERIALIZE_NUMPY))
-    slow = timed_ms(lambda: json.dumps({"labelMap": mask.ravel().tolist()}))
-    return fast, slow
-
-
-def timed_ms(fn, repeats=3):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1000
+    fast = best_seconds(lambda: orjson.dumps({"labelMap": mask.ravel()}, option=orjson.OPT_SERIALIZE_NUMPY), 3)
+    slow = best_seconds(lambda: json.dumps({"labelMap": mask.ravel().tolist()}), 3)
+    return fast * 1000, slow * 1000
 
 
 def bench_serve(args, work):
@@ -432,13 +448,12 @@ def bench_serve(args, work):
 
     from raysegment.serve import build_app
 
-    n = args.n or 200
-    model_dir = args.model_dir or untrained_model_dir(os.path.join(work, "model"))
+    model_dir, model_name = model_folder(args, work)
     samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
     bodies = [json.dumps({"image": base64.b64encode(open(p, "rb").read()).decode()}).encode() for p in samples]
     # the layout bench_bulk finds fastest on CPU: one single-thread replica (and bulk actor) per CPU
-    cpus, batch_size = os.cpu_count(), args.batch_size or 4
-    bulk, _ = run_bulk_job(model_dir, make_image_dir(os.path.join(work, "images"), n), os.path.join(work, "bulk"), batch_size, cpus, 1)
+    cpus, batch_size = os.cpu_count(), args.batch_size
+    bulk, _ = run_bulk_job(model_dir, make_image_dir(os.path.join(work, "images"), args.n), os.path.join(work, "bulk"), batch_size, cpus, 1)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -459,91 +474,36 @@ def bench_serve(args, work):
     batched, unbatched = rows[f"batching (max {batch_size}), 32 clients"], rows["no batching, 32 clients"]
     ratios = {"batched_over_unbatched_32": batched["requests_per_s"] / unbatched["requests_per_s"],
               "batched_32_over_bulk": batched["requests_per_s"] / bulk["images_per_s"]}
-    print(f"\nserve benchmark: POST /semantic-segmentation with base64 JPEGs 480x360, {cpus} replicas x 1 thread, "
-          f"{cpus} CPUs ({'untrained ' if not args.model_dir else ''}PP-LiteSeg-T); closed loop, "
-          f"at most {args.requests} requests or {args.seconds:g} s per row")
-    print(f"{'setting':34s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s} {'requests':>9s}")
-    for name, r in rows.items():
-        print(f"{name:34s} {r['requests_per_s']:>8.2f} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['errors']:>7d} {r['requests']:>9d}")
-    print(f"{'bulk job, same images (images/s)':34s} {bulk['images_per_s']:>8.2f}")
+    print_table(f"serve benchmark: POST /semantic-segmentation with base64 JPEGs 480x360, {cpus} replicas x 1 thread, "
+                f"{cpus} CPUs, {model_name}; closed loop, at most {args.requests} requests or {args.seconds:g} s per row",
+                ("setting", "req/s", "p50 ms", "p99 ms", "errors", "requests"),
+                [(name, r["requests_per_s"], round(r["p50_ms"]), round(r["p99_ms"]), r["errors"], r["requests"]) for name, r in rows.items()]
+                + [("bulk job, same images (images/s)", bulk["images_per_s"], "", "", "", "")])
     print(f"batched / unbatched at 32 clients: {ratios['batched_over_unbatched_32']:.3f}; "
           f"batched at 32 clients / bulk job: {ratios['batched_32_over_bulk']:.3f}")
     print(f"labelMap JSON for a 2048x1024 map: {fast:.1f} ms (orjson, as served) vs {slow:.0f} ms (json.dumps of .tolist())")
-    return {"rows": rows, "bulk_images_per_s": bulk["images_per_s"], **ratios,
+    return {"model": model_name, "rows": rows, "bulk_images_per_s": bulk["images_per_s"], **ratios,
             "label_map_encoding_ms": {"orjson": fast, "json_tolist": slow, "shape": [1024, 2048]}}
 
 
-class MacCounter:
-    """Multiply-accumulates of one forward: Conv2D and Linear layers (forward hooks) plus every
-    paddle.matmul / paddle.einsum call (attention's QK^T and AV, MaskFormer's mask products).
-    paddle.flops would cover the layers but misses direct matmuls and, in Paddle 3.3.1, crashes on
-    some of these models (an int() of a shape-[1] tensor in dynamic_flops)."""
-
-    def __init__(self, layer):
-        import paddle
-
-        self.layer, self.macs, self.paddle = layer, 0, paddle
-        self.saved = {(mod, name): getattr(mod, name) for mod in (paddle, paddle.tensor) for name in ("matmul", "einsum")}
-
-    def _layer_hook(self, layer, inputs, out):
-        import numpy as np
-
-        if isinstance(layer, self.paddle.nn.Conv2D):  # per output element: C_in / groups * kh * kw
-            self.macs += int(np.prod(out.shape)) * int(np.prod(layer.weight.shape[1:]))
-        else:  # Linear: in_features per output element
-            self.macs += int(np.prod(out.shape)) * layer.weight.shape[0]
-
-    def __enter__(self):
-        import numpy as np
-
-        def matmul(x, y, transpose_x=False, transpose_y=False, name=None):
-            out = self.saved[(self.paddle, "matmul")](x, y, transpose_x, transpose_y, name)
-            self.macs += int(np.prod(out.shape)) * (x.shape[-2] if transpose_x else x.shape[-1])
-            return out
-
-        def einsum(equation, *operands):
-            out = self.saved[(self.paddle, "einsum")](equation, *operands)
-            inputs, output = equation.replace(" ", "").split("->")
-            sizes = {c: n for term, op in zip(inputs.split(","), operands) for c, n in zip(term, op.shape)}
-            self.macs += int(np.prod(out.shape)) * int(np.prod([n for c, n in sizes.items() if c not in output]))
-            return out
-
-        for mod in (self.paddle, self.paddle.tensor):
-            mod.matmul, mod.einsum = matmul, einsum
-        self.hooks = [sub.register_forward_post_hook(self._layer_hook) for sub in self.layer.sublayers()
-                      if isinstance(sub, (self.paddle.nn.Conv2D, self.paddle.nn.Linear))]
-        return self
-
-    def __exit__(self, *exc):
-        for (mod, name), fn in self.saved.items():
-            setattr(mod, name, fn)
-        for hook in self.hooks:
-            hook.remove()
-
-
-def count_gmacs(layer, size):
-    import paddle
-
-    layer.eval()
-    with MacCounter(layer) as counter, paddle.no_grad():
-        layer(paddle.rand([1, 3, size, size]))
-    return counter.macs / 1e9
+# ---- models ------------------------------------------------------------------------------------
 
 
 def bench_models(args, work):
     import numpy as np
     import paddle
 
+    from raysegment.data.labels import default_class_names
     from raysegment.infer import export_model
     from raysegment.infer.engines import InferenceEngine, default_cpu_threads
-    from raysegment.infer.model_files import default_class_names
     from raysegment.models import MODELS, build_model
+    from raysegment.models.flops import count_gmacs
 
     names = args.models.split(",") if args.models else list(MODELS)
     size, threads = args.size, default_cpu_threads()
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype("float32")
     rows = {}
-    print(f"{'model':22s} {'params (M)':>10s} {'GFLOPs':>8s} {'images/s':>9s}   (512x512 unless --size; CPU, {threads} threads)")
+    print(f"{'model':22s} {'params (M)':>10s} {'GFLOPs':>8s} {'images/s':>9s}   ({size}x{size}; CPU, {threads} threads)")
     for name in names:
         paddle.seed(0)
         layer = build_model(name)
@@ -560,32 +520,54 @@ def bench_models(args, work):
         ips = runs / (time.perf_counter() - start)
         rows[name] = {"params_m": round(params, 2), "weights_mb": round(weights_mb, 1), "gflops": round(gflops, 2),
                       "images_per_s": round(ips, 3), "runs": runs}
-        print(f"{name:22s} {params:>10.2f} {gflops:>8.1f} {ips:>9.2f}", flush=True)
+        print(f"{name:22s} {params:>10.2f} {gflops:>8.1f} {ips:>9.2f}", flush=True)  # one line as each model finishes
         del layer, engine
+    print_table(f"models benchmark: {size}x{size}, batch 1, paddle.inference CPU, {threads} threads, untrained weights",
+                ("model", "params (M)", "weights (MB)", "GFLOPs", "images/s"),
+                [(name, r["params_m"], r["weights_mb"], r["gflops"], r["images_per_s"]) for name, r in rows.items()])
     return {"size": size, "cpu_threads": threads, "run_mode": "paddle", "models": rows}
 
 
-BENCHMARKS = {"predict": bench_predict, "train": bench_train, "bulk": bench_bulk, "serve": bench_serve, "models": bench_models}
+# ---- command line ------------------------------------------------------------------------------
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", help="where to write the results (default output/benchmarks/<benchmark>.json)")
+    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,serve,models}")
+
+    def add(name, fn, help, n=None, batch_size=None, model=False):
+        s = sub.add_parser(name, help=help)
+        s.set_defaults(fn=fn)
+        if n:
+            s.add_argument("--n", type=int, default=n, help=f"number of images (default {n})")
+        if batch_size:
+            s.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward (default {batch_size})")
+        if model:
+            s.add_argument("--model-dir", help="exported inference folder (default: an untrained PP-LiteSeg-T, 11 classes)")
+        return s
+
+    s = add("predict", bench_predict, "create_model().predict against the bare forward", n=100, batch_size=1, model=True)
+    s.add_argument("--device", default="cpu")
+    add("bulk", bench_bulk, "the bulk job at N and 10 N images against the compute limit", n=200, batch_size=4, model=True)
+    s = add("serve", bench_serve, "closed-loop load test of the Serve app", n=200, batch_size=4, model=True)
+    s.add_argument("--requests", type=int, default=120, help="most requests per row")
+    s.add_argument("--seconds", type=float, default=40, help="most seconds per row")
+    s = add("train", bench_train, "Ray Train 1 and 2 workers against the bare training step")
+    s.add_argument("-c", "--config", default=os.path.join(ROOT, "configs", "PP-LiteSeg-T.yaml"), help="model config")
+    s.add_argument("--iters", type=int, default=30, help="iterations per measurement")
+    s.add_argument("--dataset-dir", help="a SegDataset (default: one made from the bundled images)")
+    s = add("models", bench_models, "every registered model: params, GFLOPs, CPU images/s")
+    s.add_argument("--models", help="comma-separated names (default: every registered model)")
+    s.add_argument("--size", type=int, default=512, help="square input size")
+    s.add_argument("--seconds-per-model", type=float, default=5.0, help="timing budget per model (at least 3 runs)")
+    return p
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("which", choices=sorted(BENCHMARKS))
-    parser.add_argument("--n", type=int, help="number of images (predict: 100, bulk: 200 and 10x that)")
-    parser.add_argument("--batch-size", type=int, help="images per forward (predict: 1, bulk: 4)")
-    parser.add_argument("--model-dir", help="exported inference folder (default: an untrained PP-LiteSeg-T)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--iters", type=int, default=30, help="train: iterations per measurement")
-    parser.add_argument("--dataset-dir", help="train: a SegDataset (default: one made from the bundled images)")
-    parser.add_argument("--requests", type=int, default=120, help="serve: most requests per row")
-    parser.add_argument("--seconds", type=float, default=40, help="serve: most seconds per row")
-    parser.add_argument("--models", help="models: comma-separated names (default: every registered model)")
-    parser.add_argument("--size", type=int, default=512, help="models: square input size")
-    parser.add_argument("--seconds-per-model", type=float, default=5.0, help="models: timing budget per model (at least 3 runs)")
-    parser.add_argument("--json", help="where to write the results (default output/benchmarks/<which>.json)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="raysegment-bench-") as work:
-        result = BENCHMARKS[args.which](args, work)
+        result = args.fn(args, work)
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     path = args.json or os.path.join("output", "benchmarks", f"{args.which}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -39,8 +39,12 @@ def test_augmentation_keeps_labels_exact_and_aligned():
     label = np.kron(rng.integers(0, 4, (6, 8)), np.ones((16, 16), np.int64)).astype(np.uint8)  # 96 x 128 blocks
     colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
     img = colours[label]
-    spec = AugmentSpec(crop_size=(80, 64), min_scale=0.5, max_scale=2.0, scale_step=0.25, distort=0.0, mean=(0, 0, 0), std=(1 / 255,) * 3)
-    for _ in range(10):
+    # mean 0, std 1/255: x holds the pixel values. Scale 0.5 makes the 128 x 96 image 64 x 48, smaller
+    # than the 80 x 64 crop, so every draw pads; the other spec draws scales from 0.5 to 2.0.
+    padded = AugmentSpec(crop_size=(80, 64), min_scale=0.5, max_scale=0.5, distort=0.0, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    mixed = AugmentSpec(crop_size=(80, 64), min_scale=0.5, max_scale=2.0, scale_step=0.25, distort=0.0, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    pads_seen = 0
+    for spec in [padded] * 4 + [mixed] * 10:
         x, y = augment_pair(img, label, spec, rng)
         assert x.shape == (3, 64, 80) and y.shape == (64, 80) and y.dtype == np.int64
         assert set(np.unique(y)) <= {0, 1, 2, 3, 255}  # nearest neighbour: no new label values
@@ -49,7 +53,12 @@ def test_augmentation_keeps_labels_exact_and_aligned():
         nearest = np.argmin(((rgb[:, :, None, :] - colours[None, None].astype(np.float32)) ** 2).sum(-1), axis=-1)
         # bilinear image edges blur; nearly every labelled pixel must still show its class's colour
         assert np.mean(nearest[labelled] == y[labelled]) > 0.9
-        assert np.all(x[:, ~labelled] == 127.5 * 255) or labelled.all()
+        # padding: the label is 255 (ignore) exactly where the image is mid-grey 128 (127.5 rounded)
+        pad = ~labelled
+        pads_seen += bool(pad.any())
+        np.testing.assert_array_equal(x[:, pad], 128.0)
+        assert pad.sum() == 64 * 80 - 48 * 64 or spec is mixed
+    assert pads_seen >= 4
 
 
 def test_ohem_keeps_hard_pixels():
@@ -240,7 +249,7 @@ def test_training_loss_uses_the_model_coefficients_and_checks_their_count():
 
 
 def test_maskformer_matching_pairs_queries_with_their_classes_and_rewards_the_right_masks():
-    from raysegment.train.maskformer_loss import maskformer_loss, match, targets_from_labels
+    from raysegment.models.maskformer_loss import maskformer_loss, match, targets_from_labels
 
     label = np.zeros((1, 8, 8), np.int64)
     label[0, :, 4:] = 2  # classes 0 (left half) and 2 (right half) present, 1 absent
