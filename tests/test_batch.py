@@ -1,5 +1,6 @@
 """The bulk job on a local Ray: folders, URL lists, S3, errors, resume; masks equal create_model's."""
 
+import base64
 import json
 import os
 import signal
@@ -13,9 +14,10 @@ import pytest
 import raysegment
 from conftest import jpeg_bytes, png_bytes, random_image
 from raysegment import storage
-from raysegment.batch import predict_bulk
+from raysegment.batch import PredictActor, predict_bulk
 from raysegment.config import load_config
 from raysegment.data.dataset import decode_label
+from raysegment.ray_env import predict_actors
 
 
 def bulk(model_dir, inputs, output, batch_size=None, *overrides):
@@ -34,8 +36,10 @@ def assert_masks_match(model, output, pairs, model_name="PP-LiteSeg-T"):
     """pairs: (input uri, output stem); each saved mask equals create_model().predict's."""
     for uri, stem in pairs:
         (expected,) = model.predict(uri)
-        mask = decode_label(storage.read_bytes(storage.join(output, f"{stem}.png")))
+        png = storage.read_bytes(storage.join(output, f"{stem}.png"))
+        mask = decode_label(png)
         np.testing.assert_array_equal(mask, expected["pred"][0], err_msg=uri)
+        assert base64.b64decode(expected.json["res"]["pred"]["data"]) == png  # one label-map PNG everywhere
         meta = json.loads(storage.read_bytes(storage.join(output, f"{stem}.json")))
         assert meta["uri"] == uri and (meta["height"], meta["width"]) == mask.shape
         assert sum(meta["pixel_counts"].values()) == mask.size
@@ -141,3 +145,19 @@ def test_killed_job_resumes_and_every_input_is_done_once(tmp_path, inference_dir
     manifest = read_jsonl((out / "_manifest.jsonl").read_text())
     assert sorted(m["uri"] for m in manifest) == sorted(str(p) for p in images.rglob("*.jpg"))
     assert all((out / f"{i:02d}" / "img.png").exists() for i in range(16))
+
+
+def test_the_predict_section_reaches_every_actor(tmp_path, inference_dir):
+    """What PredictActor builds (in this process; Ray builds the same from the same arguments)."""
+    cfg = load_config(None, ["Predict.kernel_option.run_mode=mkldnn", "Predict.batch_size=3", "Ray.predict_batch_size=4",
+                             "Predict.target_size=64", "Ray.cpus_per_actor=0.5", "Predict.save_visualization=true"])
+    cfg.Predict.output = str(tmp_path)
+    actor = PredictActor(inference_dir, cfg.Predict, predict_actors(cfg))
+    assert actor.predictor.engine.run_mode == "mkldnn" and actor.batch_size == 3 and actor.predictor.target_size == 64
+    assert actor.predictor.engine.cpu_threads == 1 and actor.writer.visualize and actor.writer.output == str(tmp_path)
+
+
+def test_a_forward_batch_larger_than_an_actor_call_is_refused(tmp_path, inference_dir, image_dir, ray_local):
+    with pytest.raises(ValueError, match=r"Predict.batch_size \(8\) is above Ray.predict_batch_size \(4\)"):
+        bulk(inference_dir, str(image_dir), str(tmp_path / "out"), None, "Predict.batch_size=8", "Ray.predict_batch_size=4")
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -118,3 +118,13 @@ def test_evaluate_refuses_an_actor_pool_that_cannot_run(tmp_path, inference_dir,
     cfg = load_config(None, [f"Global.dataset_dir={root}", f"Evaluate.weight_path={inference_dir}", override])
     with pytest.raises(ValueError, match=match):
         evaluate(cfg)
+
+
+@pytest.mark.parametrize("interval,calls", [(2, 3), (10, 1)])
+def test_evaluate_reports_progress_every_log_interval_batches(tmp_path, inference_dir, ray_local, interval, calls):
+    root = make_dataset(tmp_path / "ds", n_train=2, n_val=5)
+    cfg = load_config(None, [f"Global.dataset_dir={root}", f"Global.output={tmp_path / 'out'}", f"Evaluate.weight_path={inference_dir}",
+                             "Ray.predict_batch_size=1", f"Evaluate.log_interval={interval}"])
+    seen = []
+    evaluate(cfg, progress=lambda done, total, seconds: seen.append((done, total)))
+    assert len(seen) == calls and seen[-1] == (5, 5)  # 5 batches of 1: after the 2nd, the 4th, and at the end

@@ -68,6 +68,20 @@ def test_batch_size_does_not_change_results(model, image_dir):
         np.testing.assert_array_equal(a, b)
 
 
+def test_predictor_batch_size_caps_each_forward_pass(inference_dir):
+    """Predict.batch_size reaches Predictor.predict: same-shaped inputs go through the engine at
+    most batch_size at a time, and the masks do not depend on it."""
+    predictor = raysegment.create_model(model_dir=inference_dir).predictor
+    images = [random_image(64, 96, seed=s) for s in range(5)] + [random_image(48, 80, seed=9)]
+    whole = predictor.predict(images)
+    engine, sizes = predictor.engine, []
+    predictor.engine = lambda batch: sizes.append(len(batch)) or engine(batch)
+    capped = predictor.predict(images, batch_size=2)
+    assert sorted(sizes) == [1, 1, 2, 2]  # five 64x96 inputs as 2 + 2 + 1, the 48x80 one alone
+    for a, b in zip(whole, capped):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_url_input_from_a_local_http_server(model, http_root):
     root, base = http_root
     img = random_image(64, 96, seed=4)
