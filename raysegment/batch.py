@@ -180,14 +180,7 @@ def evaluate(cfg, progress=None):
     names = _class_names(model_dir, read_class_names(dataset_dir))
     ray = init_ray(cfg.Ray.address)
     placement, pool = _actor_pool(ray, cfg)
-    problems, rows = [], []
-    for item in iter_split(dataset_dir, "val"):
-        if isinstance(item, Problem):
-            problems.append(item.to_json())
-        else:
-            rows.append({"image_uri": item.image, "label_uri": item.label, "list_file": item.list_file, "line": item.line})
-    if not rows:
-        raise ValueError(f"val.txt of {dataset_dir!r} lists no usable pairs; run jobs/check_dataset.py to see why")
+    rows, problems = _val_rows(dataset_dir)
     ds = (
         ray.data.from_items(rows)
         .map_batches(read_pairs, batch_size=pool["batch_size"], batch_format="numpy")
@@ -207,6 +200,19 @@ def evaluate(cfg, progress=None):
               "model_dir": model_dir, "dataset_dir": dataset_dir, "split": "val"}
     storage.write_bytes(os.path.join(cfg.Global.output, "evaluate_result.json"), json.dumps(result, indent=2).encode())
     return result
+
+
+def _val_rows(dataset_dir):
+    """(rows for Ray Data, problems as JSON) of the val split's list file."""
+    rows, problems = [], []
+    for item in iter_split(dataset_dir, "val"):
+        if isinstance(item, Problem):
+            problems.append(item.to_json())
+        else:
+            rows.append({"image_uri": item.image, "label_uri": item.label, "list_file": item.list_file, "line": item.line})
+    if not rows:
+        raise ValueError(f"val.txt of {dataset_dir!r} lists no usable pairs; run jobs/check_dataset.py to see why")
+    return rows, problems
 
 
 def _class_names(model_dir, dataset_names):

@@ -145,24 +145,9 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
         paddle.base.core.set_num_threads(cpu_threads or default_cpu_threads())
     paddle.seed(t.seed + rank)
     class_names = class_names_for(cfg)
-    net = build_model(cfg.Global.model, t.num_classes)
-    head_prefixes = getattr(net, "classifier_prefixes", ())
-    if t.pretrain_weight_path and not (resume_dir or t.resume_path):
-        log.info("pretrained weights %s loaded: %s", t.pretrain_weight_path, load_pretrained(net, t.pretrain_weight_path, head_prefixes))
-    model = net
-    if world_size > 1:
-        if device.startswith("gpu"):
-            net = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        model = paddle.DataParallel(net)
-    opt = make_optimizer(t, net)
-    state = {"iter": 0, "best_mIoU": -1.0, "best_iter": None}
-    resume_dir = resume_dir or t.resume_path
-    if resume_dir:
-        state = load_state(resume_dir, net, opt)
-        log.info("resumed from %s at iteration %d", resume_dir, state["iter"])
-    spec = AugmentSpec.from_train(t)
+    net, model, opt, state = _build(cfg, world_size, resume_dir or t.resume_path, device)
     if batches is None:
-        batches = local_batches(split_rows(cfg.Global.dataset_dir, "train"), spec, t.batch_size, seed=t.seed)
+        batches = local_batches(split_rows(cfg.Global.dataset_dir, "train"), AugmentSpec.from_train(t), t.batch_size, seed=t.seed)
     val_rows = split_rows(cfg.Global.dataset_dir, "val") if is_main else []
     amp = t.amp and device.startswith("gpu")
     scaler = paddle.amp.GradScaler(enable=amp, init_loss_scaling=1024)
@@ -205,24 +190,50 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
                 report(metrics, ckpt)
             paused += time.perf_counter() - pause_start
     in_sync = workers_in_sync(net, world_size)
-    if is_main:
-        elapsed = max(time.perf_counter() - (tic or time.perf_counter()) - paused, 1e-9)
-        result = {
-            "done_flag": True,
-            "iters": t.epochs_iters,
-            "best_iter": state["best_iter"],
-            "best_metrics": state.get("best_metrics"),
-            "train_time_s": round(elapsed, 1),  # training steps only
-            "images_per_s": round(seen * world_size / elapsed, 3),
-            "workers": world_size,
-            "workers_in_sync": in_sync,
-            "paths": {"best_model": os.path.join(out, "best_model"), "inference": os.path.join(out, "best_model", "inference"),
-                      "train_log": os.path.join(out, "train.log"), "config": os.path.join(out, "config.yaml")},
-        }
-        with open(os.path.join(out, "train_result.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        return result
-    return None
+    if not is_main:
+        return None
+    elapsed = max(time.perf_counter() - (tic or time.perf_counter()) - paused, 1e-9)
+    return _write_result(cfg, state, elapsed, seen * world_size / elapsed, world_size, in_sync)
+
+
+def _build(cfg, world_size, resume_dir, device):
+    """(net, the model to call: net or its DataParallel wrapper, optimizer, loop state), with
+    pretrained weights or a checkpoint loaded."""
+    t = cfg.Train
+    net = build_model(cfg.Global.model, t.num_classes)
+    if t.pretrain_weight_path and not resume_dir:
+        loaded = load_pretrained(net, t.pretrain_weight_path, getattr(net, "classifier_prefixes", ()))
+        log.info("pretrained weights %s loaded: %s", t.pretrain_weight_path, loaded)
+    model = net
+    if world_size > 1:
+        if device.startswith("gpu"):
+            net = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        model = paddle.DataParallel(net)
+    opt = make_optimizer(t, net)
+    state = {"iter": 0, "best_mIoU": -1.0, "best_iter": None}
+    if resume_dir:
+        state = load_state(resume_dir, net, opt)
+        log.info("resumed from %s at iteration %d", resume_dir, state["iter"])
+    return net, model, opt, state
+
+
+def _write_result(cfg, state, train_seconds, images_per_s, world_size, in_sync):
+    out = cfg.Global.output
+    result = {
+        "done_flag": True,
+        "iters": cfg.Train.epochs_iters,
+        "best_iter": state["best_iter"],
+        "best_metrics": state.get("best_metrics"),
+        "train_time_s": round(train_seconds, 1),  # training steps only
+        "images_per_s": round(images_per_s, 3),
+        "workers": world_size,
+        "workers_in_sync": in_sync,
+        "paths": {"best_model": os.path.join(out, "best_model"), "inference": os.path.join(out, "best_model", "inference"),
+                  "train_log": os.path.join(out, "train.log"), "config": os.path.join(out, "config.yaml")},
+    }
+    with open(os.path.join(out, "train_result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
 
 
 def workers_in_sync(net, world_size):
