@@ -16,7 +16,7 @@ from raysegment.config import load_config
 from raysegment.data.augment import AugmentSpec, augment_pair
 from raysegment.train import lr_at, train
 from raysegment.train.losses import cross_entropy, ohem_cross_entropy
-from raysegment.train.ray_train import fit
+from raysegment.train.ray_train import WHOLE_MARKER, fit
 
 
 def tiny_cfg(root, out, *overrides):
@@ -164,11 +164,12 @@ def test_killed_worker_resumes_to_the_final_iteration(tmp_path, ray_local):
     killed = []
 
     def kill_after_first_checkpoint():
-        # ray.train.report is synchronous: once iter_10 is being written, the iteration-5
-        # checkpoint has been persisted and registered
+        # the worst moment: the iteration-5 checkpoint is uploaded whole (report() has returned), but
+        # Ray's controller registers it only at its next poll of the workers (every 2 s)
+        uploaded = out / "ray_results" / "ray_train" / "iter_5" / WHOLE_MARKER
         deadline = time.time() + 240
-        while time.time() < deadline and not (out / "iter_10" / "train_state.json").exists():
-            time.sleep(0.2)
+        while time.time() < deadline and not uploaded.exists():
+            time.sleep(0.02)
         for pid in train_worker_pids():
             os.kill(pid, 9)
             killed.append(pid)

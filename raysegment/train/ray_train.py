@@ -12,6 +12,7 @@ importable on every node (it is: it is part of the package).
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 
 from ray.train.backend import Backend, BackendConfig
@@ -70,17 +71,54 @@ def _worker(config):
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if world > 1:
         paddle.distributed.init_parallel_env()
-    checkpoint = ray.train.get_checkpoint()  # set after a worker failure, or when rerun into the same output
-    resume_dir = checkpoint.to_directory() if checkpoint else None
-
-    def report(metrics, checkpoint_dir):
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
-
+    checkpoint = latest_checkpoint()  # after a worker failure, or when rerun into the same output
     batches = shard_batches(ray.train.get_dataset_shard("train"), cfg.Train.batch_size)
     # Ray gives each GPU worker its GPU as CUDA_VISIBLE_DEVICES: it is always gpu:0 inside
-    train(cfg, batches, rank, world, report, resume_dir, device="gpu:0" if placement.device == "gpu" else "cpu",
-          cpu_threads=placement.threads)
+    train(cfg, batches, rank, world, _report, checkpoint.to_directory() if checkpoint else None,
+          device="gpu:0" if placement.device == "gpu" else "cpu", cpu_threads=placement.threads)
+
+
+# Ray Train registers a reported checkpoint only when its controller next polls the workers (every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default). A group that dies in that window restarts from
+# the checkpoint before (or from scratch), although the new one was already uploaded whole: report()
+# returns only after the upload. So rank 0 marks each upload as whole once report() returns, and a
+# restarted group takes the newest marked checkpoint in the run's storage when Ray's is older.
+WHOLE_MARKER = ".uploaded"
+
+
+def _report(metrics, checkpoint_dir):
+    """train()'s report hook: every rank calls it at every evaluation (a barrier); rank 0 passes
+    its iter_<N> folder, uploaded under the same name."""
+    import ray.train
+
+    name = f"iter_{metrics['iter']}"
+    ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt, checkpoint_dir_name=name)
+    if ckpt:
+        storage = ray.train.get_context().get_storage()
+        with storage.storage_filesystem.open_output_stream(f"{storage.experiment_fs_path}/{name}/{WHOLE_MARKER}"):
+            pass
+
+
+def _iteration(checkpoint):
+    match = re.fullmatch(r"iter_(\d+)", os.path.basename(checkpoint.path.rstrip("/"))) if checkpoint else None
+    return int(match.group(1)) if match else -1
+
+
+def latest_checkpoint():
+    """The checkpoint to resume from: Ray's registered one, or a newer whole one in storage."""
+    import pyarrow.fs
+    import ray.train
+
+    best = ray.train.get_checkpoint()
+    storage = ray.train.get_context().get_storage()
+    fs, root = storage.storage_filesystem, storage.experiment_fs_path
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
+        candidate = ray.train.Checkpoint(info.path, filesystem=fs)
+        if (info.type == pyarrow.fs.FileType.Directory and _iteration(candidate) > _iteration(best)
+                and fs.get_file_info(f"{info.path}/{WHOLE_MARKER}").type == pyarrow.fs.FileType.File):
+            best = candidate
+    return best
 
 
 def validate(cfg, num_workers):
