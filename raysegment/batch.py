@@ -99,8 +99,9 @@ class PredictActor(PredictorActor):
             timings = {"read_decode": round(float(batch["read_s"][i]), 4), "inference": round(per_image, 4)}
             outputs[i] = json.dumps(self.writer.write(batch["uri"][i], batch["rel"][i], batch["image"][i], mask, timings))
         status = ["error" if e else "done" for e in batch["error"]]
+        engine = self.predictor.engine
         return {"uri": batch["uri"], "status": np.array(status, dtype=object), "outputs": np.array(outputs, dtype=object),
-                "error": batch["error"]}
+                "error": batch["error"], "engine": np.array([f"{engine.run_mode}: {engine.reason}"] * len(status), dtype=object)}
 
 
 class EvalActor(PredictorActor):
@@ -145,6 +146,7 @@ def predict_bulk(cfg, progress=None):
     started = time.perf_counter()
     run = BulkRun(p.output)
     rows, skipped, processed = run.plan(list_inputs(p.input))  # processed: inputs this run recorded
+    engines = set()  # "run mode: why", as each actor chose
     if rows:
         ds = (
             ray.data.from_items(rows)
@@ -158,12 +160,13 @@ def predict_bulk(cfg, progress=None):
             # recorded as results arrive: a killed job loses at most this batch
             run.record(zip(batch["uri"], batch["status"], map(json.loads, batch["outputs"]), batch["error"]))
             processed += len(batch["uri"])
+            engines.update(batch["engine"])
             if progress:
                 progress(processed, len(rows), time.perf_counter() - started)
     elapsed = time.perf_counter() - started
     return run.commit({"processed_this_run": processed, "skipped_already_done": skipped, "seconds": round(elapsed, 2),
                        "images_per_s": round(processed / elapsed, 3) if processed else 0.0, "model": info.model_name,
-                       "model_dir": p.model_dir, "output": p.output, "config": cfg.to_dict()})
+                       "model_dir": p.model_dir, "engine": sorted(engines), "output": p.output, "config": cfg.to_dict()})
 
 
 def evaluate(cfg, progress=None):

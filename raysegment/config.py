@@ -107,7 +107,8 @@ class ExportSection:
 
 @dataclass
 class KernelOptionSection:
-    # paddle.inference CPU mode; None: paddle (oneDNN fails in Paddle 3.3.1, see infer/engines.py)
+    # paddle.inference CPU mode; None: oneDNN once it gives plain Paddle's masks on a probe, else paddle
+    # (infer/engines.py); mkldnn or paddle pins one
     run_mode: str | None = field(default=None, metadata=_choice(None, "paddle", "mkldnn"))
 
 

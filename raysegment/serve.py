@@ -259,6 +259,7 @@ class Segmenter:
         o = self.opts
         return _json({"ready": True, "model": self.predictor.model_name, "model_dir": o.model_dir,
                       "class_names": self.predictor.class_names, "device": self.device,
+                      "run_mode": self.predictor.engine.run_mode, "run_mode_reason": self.predictor.engine.reason,
                       "max_batch_size": o.max_batch_size, "batch_wait_timeout_s": o.batch_wait_timeout_s})
 
 

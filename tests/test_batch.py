@@ -59,6 +59,7 @@ def test_folder_tree_with_broken_files(tmp_path, inference_dir, model, image_dir
     summary = bulk(inference_dir, str(image_dir), str(out), 2, "Predict.max_image_pixels=8000", "Predict.save_visualization=true")
     assert (summary["inputs"], summary["done"], summary["errors"]) == (6, 3, 3)
     assert json.loads((out / "_SUCCESS.json").read_text()) == summary
+    assert [e.split(":")[0] for e in summary["engine"]] == ["mkldnn"]  # each actor's engine choice, reported
     manifest = read_jsonl((out / "_manifest.jsonl").read_text())
     assert sorted(m["uri"] for m in manifest) == sorted(str(p) for p in image_dir.rglob("*") if p.is_file())
     errors = {os.path.basename(e["uri"]): e for e in read_jsonl((out / "_errors.jsonl").read_text())}

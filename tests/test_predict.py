@@ -46,8 +46,27 @@ def test_exported_and_checkpoint_folders_match_the_in_memory_model(tiny_layer, i
 
 
 def test_folder_kinds_use_their_engines(inference_dir, checkpoint_dir):
-    assert raysegment.create_model(model_dir=inference_dir).predictor.engine.run_mode == "paddle"
+    engine = raysegment.create_model(model_dir=inference_dir).predictor.engine
+    assert engine.run_mode == "mkldnn" and "gave plain Paddle's masks on the probe" in engine.reason
+    assert raysegment.create_model(model_dir=inference_dir, run_mode="paddle").predictor.engine.run_mode == "paddle"  # pinned
     assert raysegment.create_model(model_dir=checkpoint_dir).predictor.engine.run_mode == "dygraph"
+
+
+def test_cpu_mode_falls_back_to_plain_paddle_when_onednn_fails(inference_dir, monkeypatch):
+    from raysegment.infer.engines import InferenceEngine
+
+    create = InferenceEngine._create
+
+    def no_onednn(self, mode):
+        if mode == "mkldnn":
+            raise RuntimeError("(Unimplemented) ConvertPirAttribute2RuntimeAttribute not support")
+        return create(self, mode)
+
+    monkeypatch.setattr(InferenceEngine, "_create", no_onednn)
+    engine = raysegment.create_model(model_dir=inference_dir).predictor.engine
+    assert engine.run_mode == "paddle" and engine.reason.startswith("oneDNN fails ((Unimplemented)")
+    with pytest.raises(RuntimeError, match="Unimplemented"):  # a pinned mode is not replaced
+        raysegment.create_model(model_dir=inference_dir, run_mode="mkldnn")
 
 
 def test_path_directory_and_list_inputs(model, image_dir):
@@ -241,6 +260,25 @@ def test_pixel_limit_is_enforced(inference_dir, image_dir):
     small = raysegment.create_model(model_dir=inference_dir, max_image_pixels=1000)
     with pytest.raises(ImageError, match="over the limit of 1000"):
         list(small.predict(str(image_dir / "a.jpg")))
+
+
+def test_onednn_failing_on_a_later_input_falls_back_for_good(inference_dir):
+    """MaskFormer's graph fails in oneDNN (Paddle 3.2.2) at some input sizes: an unpinned engine
+    that passed its probe must not crash on such an input, but carry on in plain Paddle."""
+    model = raysegment.create_model(model_dir=inference_dir)
+    engine = model.predictor.engine
+    assert engine.run_mode == "mkldnn"
+
+    class FailsInOneDNN:
+        def get_input_names(self):
+            raise RuntimeError("(InvalidArgument) The input's second dimension and weight's first dimension is expected")
+
+    engine._predictor = FailsInOneDNN()  # the predictor oneDNN built, failing on this input
+    x = model.predictor.preprocess(random_image(64, 96))[None]
+    mask = engine(x)
+    assert engine.run_mode == "paddle" and "oneDNN fails on input [1, 3, 64, 96]" in engine.reason
+    plain = raysegment.create_model(model_dir=inference_dir, run_mode="paddle").predictor.engine
+    np.testing.assert_array_equal(mask, plain(x))
 
 
 def test_plain_and_auto_cpu_modes_agree(inference_dir, image_dir):

@@ -143,6 +143,7 @@ def test_health_and_ready(service):
     with urllib.request.urlopen(f"{service}/ready", timeout=30) as resp:
         ready = json.loads(resp.read())
     assert ready["model"] == "PP-LiteSeg-T" and ready["class_names"] == ["sky", "road", "car"] and ready["max_batch_size"] == 4
+    assert ready["run_mode"] == "mkldnn" and "probe" in ready["run_mode_reason"]  # the engine chosen, and why
 
 
 def test_url_input_from_an_allowlisted_host(service, www, model):

@@ -52,7 +52,7 @@ def export_model(layer, folder, model_name, class_names, transforms=None):
         )
         paddle.jit.save(static, os.path.join(folder, "inference"))
     finally:
-        layer.train(was_training)
+        layer.train() if was_training else layer.eval()  # Paddle 3.2's train() takes no mode
     write_inference_yml(folder, info, exported=True)
     return folder
 
