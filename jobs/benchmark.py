@@ -493,43 +493,63 @@ def bench_serve(args, work):
 # ---- models ------------------------------------------------------------------------------------
 
 
+def forward_rate(engine, x, seconds):
+    """images/s of engine(x) (batch 1) over at least 3 runs and `seconds`, after a warm-up run."""
+    engine(x)
+    runs, start = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < seconds:
+        engine(x)
+        runs += 1
+    return runs / (time.perf_counter() - start)
+
+
 def bench_models(args, work):
-    import numpy as np
+    """Per model: size, GFLOPs, and every CPU engine's images/s and pixel agreement with plain Paddle
+    on a bundled CamVid frame resized to --size (real content: few near-ties between classes)."""
+    import cv2
     import paddle
 
+    from raysegment.data.image import decode_image
     from raysegment.data.labels import default_class_names
     from raysegment.infer import export_model
-    from raysegment.infer.engines import InferenceEngine, default_cpu_threads
+    from raysegment.infer.engines import CPU_RUN_MODES, InferenceEngine, default_cpu_threads
     from raysegment.models import MODELS, build_model
     from raysegment.models.flops import count_gmacs
 
     names = args.models.split(",") if args.models else list(MODELS)
     size, threads = args.size, default_cpu_threads()
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype("float32")
+    sample = sorted(os.listdir(SAMPLES))[0]
+    frame = cv2.resize(decode_image(open(os.path.join(SAMPLES, sample), "rb").read()), (size, size), interpolation=cv2.INTER_LINEAR)
+    x = ((frame.astype("float32") / 255 - 0.5) / 0.5).transpose(2, 0, 1)[None]
     rows = {}
-    print(f"{'model':22s} {'params (M)':>10s} {'GFLOPs':>8s} {'images/s':>9s}   ({size}x{size}; CPU, {threads} threads)")
     for name in names:
         paddle.seed(0)
-        layer = build_model(name)
-        params = sum(int(np.prod(p.shape)) for p in layer.parameters() if not p.stop_gradient) / 1e6
-        weights_mb = sum(int(np.prod(v.shape)) * 4 for v in layer.state_dict().values()) / 2**20
-        gflops = count_gmacs(layer, size)
-        folder = export_model(layer, os.path.join(work, name), name, default_class_names(layer.num_classes))
-        engine = InferenceEngine(os.path.join(folder, "inference.json"), os.path.join(folder, "inference.pdiparams"))
-        engine(x)  # warm-up
-        runs, start = 0, time.perf_counter()
-        while runs < 3 or time.perf_counter() - start < args.seconds_per_model:
-            engine(x)
-            runs += 1
-        ips = runs / (time.perf_counter() - start)
-        rows[name] = {"params_m": round(params, 2), "weights_mb": round(weights_mb, 1), "gflops": round(gflops, 2),
-                      "images_per_s": round(ips, 3), "runs": runs}
-        print(f"{name:22s} {params:>10.2f} {gflops:>8.1f} {ips:>9.2f}", flush=True)  # one line as each model finishes
-        del layer, engine
-    print_table(f"models benchmark: {size}x{size}, batch 1, paddle.inference CPU, {threads} threads, untrained weights",
-                ("model", "params (M)", "weights (MB)", "GFLOPs", "images/s"),
-                [(name, r["params_m"], r["weights_mb"], r["gflops"], r["images_per_s"]) for name, r in rows.items()])
-    return {"size": size, "cpu_threads": threads, "run_mode": "paddle", "models": rows}
+        layer = build_model(name, 11)
+        row = {"params_m": round(sum(int(p.size) for p in layer.parameters() if not p.stop_gradient) / 1e6, 2),
+               "weights_mb": round(sum(int(v.size) * 4 for v in layer.state_dict().values()) / 2**20, 1),
+               "gflops": round(count_gmacs(layer, size), 2), "images_per_s": {}, "agreement_with_paddle": {}}
+        folder = export_model(layer, os.path.join(work, name), name, default_class_names(11))
+        masks = {}
+        for mode in ("paddle", *[m for m in CPU_RUN_MODES if m != "paddle"]):  # plain first: the reference
+            try:
+                engine = InferenceEngine(os.path.join(folder, "inference.json"), os.path.join(folder, "inference.pdiparams"),
+                                         ("cpu", None), mode, threads)
+                masks[mode] = engine(x)
+                row["images_per_s"][mode] = round(forward_rate(engine, x, args.seconds_per_model), 3)
+                row["agreement_with_paddle"][mode] = float((masks[mode] == masks["paddle"]).mean())
+            except Exception as e:  # an engine that cannot run a model is a result, not a crash
+                row["images_per_s"][mode] = f"fails: {str(e).strip().splitlines()[0][:90]}"
+        rows[name] = row
+        print(name, json.dumps(row), flush=True)  # one line as each model finishes
+        del layer
+    modes = ("paddle", *[m for m in CPU_RUN_MODES if m != "paddle"])
+    print_table(f"models benchmark: {size}x{size} CamVid frame, batch 1, paddle.inference CPU, {threads} threads, untrained weights",
+                ("model", "params (M)", "GFLOPs", *(f"{m} img/s" for m in modes), *(f"{m} = paddle" for m in modes[1:])),
+                [(name, r["params_m"], r["gflops"], *(r["images_per_s"][m] if isinstance(r["images_per_s"][m], float) else "fails"
+                                                       for m in modes),
+                  *(f"{r['agreement_with_paddle'][m]:.4%}" if m in r["agreement_with_paddle"] else "-" for m in modes[1:]))
+                 for name, r in rows.items()])
+    return {"size": size, "cpu_threads": threads, "image": sample, "models": rows}
 
 
 # ---- command line ------------------------------------------------------------------------------
