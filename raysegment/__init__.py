@@ -16,6 +16,8 @@ import warnings
 # before paddle loads; a user's own setting wins.
 os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message="No ccache found")
+# Paddle 3.2 warns once per process that paddle.max differs from torch.max; we call Paddle's API as Paddle's
+warnings.filterwarnings("ignore", message=r"\s*Non compatible API")
 
 from .config import ConfigError, load_config  # noqa: E402  (light: no Paddle)
 from .models import MODELS, build_model  # noqa: E402  (the registry: architectures load when built)
