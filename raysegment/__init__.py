@@ -31,7 +31,8 @@ def create_model(model_name=None, model_dir=None, device=None, target_size=None,
     model_dir: an exported inference folder (ours or PaddleX's) or a checkpoint folder; None looks
     in PaddleX's cache of official models. device: 'cpu', 'gpu', 'gpu:N' or None (GPU if any).
     target_size: None (the folder's setting), -1 (no resize), N or (width, height).
-    Extra keyword arguments (num_classes, run_mode, cpu_threads, max_image_pixels) go to the Predictor.
+    Extra keyword arguments (num_classes, run_mode, cpu_threads, max_image_pixels) go to the Predictor;
+    PaddleX's engine keywords (engine="paddle_static", engine_config={"run_mode": ...}, use_hpip) work too.
     """
     from .infer.model import SegModel
 

@@ -52,6 +52,20 @@ def test_folder_kinds_use_their_engines(inference_dir, checkpoint_dir):
     assert raysegment.create_model(model_dir=checkpoint_dir).predictor.engine.run_mode == "dygraph"
 
 
+def test_paddlex_engine_keywords(inference_dir):
+    """PaddleX's create_model(engine=, engine_config=, use_hpip=, hpi_config=) as test_paddlex_compat runs PaddleX."""
+    pinned = raysegment.create_model(model_dir=inference_dir, engine="paddle_static", engine_config={"run_mode": "paddle"})
+    assert pinned.predictor.engine.run_mode == "paddle"
+    assert raysegment.create_model(model_dir=inference_dir, use_hpip=True).predictor.engine.run_mode == "mkldnn"
+    for kw, match in [({"engine": "onnxruntime"}, "engine 'onnxruntime' is not available in raysegment yet; available: paddle"),
+                      ({"engine_config": {"run_mode": "paddle", "trt_fp16": True}}, "engine_config key.s. trt_fp16 not taken"),
+                      ({"engine_config": {"run_mode": "mkldnn_bf16"}}, "run_mode 'mkldnn_bf16' is not one of mkldnn, paddle"),
+                      ({"run_mode": "paddle", "engine_config": {"run_mode": "mkldnn"}}, "disagree"),
+                      ({"hpi_config": {"backend": "openvino"}}, "hpi_config is not supported yet")]:
+        with pytest.raises(ValueError, match=match):
+            raysegment.create_model(model_dir=inference_dir, **kw)
+
+
 def test_cpu_mode_falls_back_to_plain_paddle_when_onednn_fails(inference_dir, monkeypatch):
     from raysegment.infer.engines import InferenceEngine
 
