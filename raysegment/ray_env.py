@@ -82,7 +82,7 @@ def train_workers(cfg):
     if kind == "cpu" and r.use_gpu:
         raise ValueError("Global.device is cpu but Ray.use_gpu is true; set one of them to match the other")
     count = listed or (max(r.num_workers, 1) if kind == "gpu" else r.num_workers)
-    return place(count, r.cpus_per_worker, 1 if kind == "gpu" else 0, None, kind,
+    return place(count, r.cpus_per_worker, None, None, kind,
                  ("Ray.num_workers / Global.device", "Ray.cpus_per_worker", "GPU per worker", "Global.device"))
 
 

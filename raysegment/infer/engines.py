@@ -6,6 +6,7 @@ runs an exported folder through paddle.inference. Both argmax inside Paddle so o
 """
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -81,21 +82,21 @@ class InferenceEngine:
         self.cpu_threads = cpu_threads or default_cpu_threads()
         if run_mode not in (None, *CPU_RUN_MODES):
             raise ValueError(f"run_mode {run_mode!r} is not one of {', '.join(CPU_RUN_MODES)}")
+        self.pinned = device[0] == "gpu" or run_mode is not None
         if device[0] == "gpu":
             self.run_mode, self.reason = "gpu", "GPU device"
             self._predictor = self._create("gpu")
         elif run_mode:
             self.run_mode, self.reason = run_mode, "pinned"
-            self._predictor = self._create(run_mode)
+            self._predictor, _ = self._open(run_mode)
         else:
             self._pick_cpu_mode()
 
     def _pick_cpu_mode(self):
-        plain = self._create("paddle")
-        probe = _probe_batch()
+        plain, plain_mask = self._open("paddle")
         try:
-            fast = self._create("mkldnn")
-            agreement = float((self._run(fast, probe) == self._run(plain, probe)).mean())
+            fast, fast_mask = self._open("mkldnn")
+            agreement = float((fast_mask == plain_mask).mean())
         except Exception as e:  # Paddle raises several types from its C++ side
             agreement, failure = None, str(e).strip().splitlines()[0][:200]
         if agreement is not None and agreement >= PROBE_AGREEMENT:
@@ -104,6 +105,14 @@ class InferenceEngine:
             why = f"oneDNN fails ({failure})" if agreement is None else f"oneDNN agreed with plain Paddle on only {agreement:.2%} of the probe"
             self.run_mode, self.reason, self._predictor = "paddle", f"{why}; running plain Paddle", plain
         log.info("%s: run mode %s: %s", os.path.dirname(self.files[0]), self.run_mode, self.reason)
+
+    def _open(self, mode):
+        """(predictor, its label map of the probe): the first run happens here, on the probe, so a mode
+        that cannot run this graph fails at load, and Paddle 3.2's oneDNN passes, which print one debug
+        line per mean op on a first run, print to nowhere."""
+        predictor = self._create(mode)
+        with _quiet_stdout():
+            return predictor, self._run(predictor, _probe_batch())
 
     def _create(self, mode):
         from paddle import inference
@@ -116,17 +125,13 @@ class InferenceEngine:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(self.cpu_threads)
             config.enable_mkldnn() if mode == "mkldnn" else config.disable_mkldnn()
-        predictor = inference.create_predictor(config)
-        if mode == "mkldnn":
-            with _quiet_stdout():  # Paddle 3.2's oneDNN passes print one debug line per mean op on the first run
-                self._run(predictor, _probe_batch())
-        return predictor
+        return inference.create_predictor(config)
 
     def __call__(self, batch):
         try:
             return self._run(self._predictor, batch)
         except Exception as e:  # an unpinned oneDNN that passed the probe but fails on this shape
-            if self.reason.startswith("pinned") or self.run_mode != "mkldnn":
+            if self.pinned or self.run_mode != "mkldnn":
                 raise
             failure = str(e).strip().splitlines()[0][:200]
             self.run_mode, self.reason = "paddle", f"oneDNN fails on input {list(batch.shape)} ({failure}); running plain Paddle"
@@ -157,6 +162,7 @@ def _quiet_stdout():
         os.close(saved)
 
 
+@functools.cache
 def _probe_batch(h=96, w=128):
     """A fixed smooth image (blobs, not noise: few near-ties between classes), normalised as models take it."""
     rng = np.random.default_rng(0)

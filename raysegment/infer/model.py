@@ -5,9 +5,10 @@ from .predictor import check_target_size, load_predictor
 from .result import SegResult
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # same default as Predict.max_image_pixels
-# PaddleX engine names this package runs, all through paddle.inference (oneDNN checked against plain
-# Paddle on CPU, see engines.py); `engine_config` keys each takes
-PADDLEX_ENGINES = {"paddle": ("run_mode", "cpu_threads"), "paddle_static": ("run_mode", "cpu_threads")}
+# PaddleX engine names this package runs, both through paddle.inference (oneDNN checked against plain
+# Paddle on CPU, see engines.py), and the `engine_config` keys they take
+PADDLEX_ENGINES = ("paddle", "paddle_static")
+ENGINE_CONFIG_KEYS = ("run_mode", "cpu_threads")
 
 
 def paddlex_engine_options(engine=None, engine_config=None, use_hpip=False, hpi_config=None, run_mode=None):
@@ -21,9 +22,9 @@ def paddlex_engine_options(engine=None, engine_config=None, use_hpip=False, hpi_
         raise ValueError(f"engine {engine!r} is not available in raysegment yet; available: {', '.join(PADDLEX_ENGINES)} "
                          "(paddle.inference; oneDNN on CPU once it matches plain Paddle)")
     config = dict(engine_config or {})
-    unknown = sorted(set(config) - set(PADDLEX_ENGINES[engine or "paddle_static"]))
+    unknown = sorted(set(config) - set(ENGINE_CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"engine_config key(s) {', '.join(unknown)} not taken; accepted: {', '.join(PADDLEX_ENGINES[engine or 'paddle_static'])}")
+        raise ValueError(f"engine_config key(s) {', '.join(unknown)} not taken; accepted: {', '.join(ENGINE_CONFIG_KEYS)}")
     if run_mode is not None and config.get("run_mode", run_mode) != run_mode:
         raise ValueError(f"run_mode={run_mode!r} and engine_config run_mode {config['run_mode']!r} disagree; pass one")
     return config

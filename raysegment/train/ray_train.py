@@ -114,9 +114,10 @@ def latest_checkpoint():
     storage = ray.train.get_context().get_storage()
     fs, root = storage.storage_filesystem, storage.experiment_fs_path
     for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
+        if info.type != pyarrow.fs.FileType.Directory:
+            continue
         candidate = ray.train.Checkpoint(info.path, filesystem=fs)
-        if (info.type == pyarrow.fs.FileType.Directory and _iteration(candidate) > _iteration(best)
-                and fs.get_file_info(f"{info.path}/{WHOLE_MARKER}").type == pyarrow.fs.FileType.File):
+        if _iteration(candidate) > _iteration(best) and fs.get_file_info(f"{info.path}/{WHOLE_MARKER}").type == pyarrow.fs.FileType.File:
             best = candidate
     return best
 
