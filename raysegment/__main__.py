@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .cli import add_config_arguments, config_from_args, report_bulk, report_check, report_evaluation, run
+from .cli import add_config_arguments, config_from_args, print_progress, report_bulk, report_check, report_evaluation, run
 
 
 def main(argv=None):
@@ -25,11 +25,11 @@ def main(argv=None):
     elif mode == "evaluate":
         from .batch import evaluate
 
-        report_evaluation(evaluate(cfg), cfg.Global.output)
+        report_evaluation(evaluate(cfg, progress=print_progress("val samples evaluated", newline=True)), cfg.Global.output)
     elif mode == "predict":
         from .batch import predict_bulk
 
-        sys.exit(report_bulk(predict_bulk(cfg)))
+        sys.exit(report_bulk(predict_bulk(cfg, progress=print_progress("images"))))
     elif mode == "train":
         from .train.ray_train import fit
 

@@ -104,5 +104,6 @@ def test_evaluate_cli_on_a_local_ray(tmp_path, inference_dir):
                    "-o", f"Evaluate.weight_path={inference_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "evaluated 2 of 2 val samples: mIoU" in done.stdout
+    assert "2/2 val samples evaluated" in done.stdout  # the progress line Evaluate.log_interval paces
     result = json.loads((tmp_path / "e" / "evaluate_result.json").read_text())
     assert result["metrics"]["class_names"] == CLASS_NAMES and 0 <= result["metrics"]["mIoU"] <= 1
