@@ -8,6 +8,7 @@
     python jobs/benchmark.py serve                         # 1, 8, 32 clients, batching on and off
     python jobs/benchmark.py models                        # all 20 models: params, GFLOPs, CPU images/s
     python jobs/benchmark.py models --models SeaFormer_tiny,PP-LiteSeg-T --size 512
+    python jobs/benchmark.py paddlex --paddlex-python /tmp/pdx/bin/python --images ../shared/data/camvid/images
 
 predict: images/s of `create_model().predict` with save_to_img + save_to_json, against the bare
 exported-model forward on pre-decoded, pre-normalised arrays (the compute limit), and the forward
@@ -24,13 +25,18 @@ requests/s, p50 and p99 latency, errors; beside the bulk job's images/s on the s
 the time to write a 2048x1024 labelMap as JSON.
 
 models: for every registered model (or --models), parameters, GFLOPs of one forward
-(raysegment.models.flops) and CPU images/s of the exported model through paddle.inference,
+(raysegment.models.flops) and CPU images/s of the exported model on every engine (plain Paddle,
+oneDNN, ONNX Runtime, OpenVINO fp32 and bf16) with each one's pixel agreement with plain Paddle,
 batch 1, all CPU threads, in one run.
 
 train: training images/s of jobs/train.py's Ray Train path with 1 worker and with 2 workers
 (gloo), against the bare Paddle forward + backward + step on random arrays in one process (the
 compute limit): overhead = 1 - Ray 1 worker / bare. Without --dataset-dir a dataset is made from
 the bundled images with random block labels.
+
+paddlex: whole-process seconds of PaddleX 3.7.2 (its own virtualenv; create_model().predict +
+save_to_img + save_to_json) and of jobs/predict.py with its defaults on the same N images, the
+bundled CamVid model unless --model-dir.
 
 predict, bulk and serve use --model-dir, or an untrained PP-LiteSeg-T with 11 classes (speed does
 not depend on the weights); every title names the model measured.
@@ -52,6 +58,7 @@ from raysegment.cli import run  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "raysegment", "data", "samples")
+BUNDLED_MODEL = os.path.join(ROOT, "raysegment", "data", "models", "PP-LiteSeg-T_camvid")
 
 
 # ---- one timer, one table --------------------------------------------------------------------
@@ -512,7 +519,10 @@ def bench_models(args, work):
     from raysegment.data.image import decode_image
     from raysegment.data.labels import default_class_names
     from raysegment.infer import export_model
-    from raysegment.infer.engines import CPU_RUN_MODES, InferenceEngine, default_cpu_threads
+    from raysegment.infer.engines import InferenceEngine, default_cpu_threads
+    from raysegment.infer.model_files import read_model_folder
+    from raysegment.infer.onnx_export import ConversionError, onnx_file
+    from raysegment.infer.runtimes import OnnxRuntimeEngine, OpenVinoEngine
     from raysegment.models import MODELS, build_model
     from raysegment.models.flops import count_gmacs
 
@@ -521,6 +531,20 @@ def bench_models(args, work):
     sample = sorted(os.listdir(SAMPLES))[0]
     frame = cv2.resize(decode_image(open(os.path.join(SAMPLES, sample), "rb").read()), (size, size), interpolation=cv2.INTER_LINEAR)
     x = ((frame.astype("float32") / 255 - 0.5) / 0.5).transpose(2, 0, 1)[None]
+
+    def onnx(info):
+        try:
+            return onnx_file(info)
+        except ConversionError:  # PP-LiteSeg: static shapes only
+            return onnx_file(info, (size, size))
+
+    engines = {  # plain Paddle first: the reference
+        "paddle": lambda info: InferenceEngine(info.graph_file, info.params_file, ("cpu", None), "paddle", threads),
+        "mkldnn": lambda info: InferenceEngine(info.graph_file, info.params_file, ("cpu", None), "mkldnn", threads),
+        "onnxruntime": lambda info: OnnxRuntimeEngine(onnx(info), ("cpu", None), threads),
+        "openvino": lambda info: OpenVinoEngine(onnx(info), threads),
+        "openvino_bf16": lambda info: OpenVinoEngine(onnx(info), threads, "bf16"),
+    }
     rows = {}
     for name in names:
         paddle.seed(0)
@@ -528,22 +552,22 @@ def bench_models(args, work):
         row = {"params_m": round(sum(int(p.size) for p in layer.parameters() if not p.stop_gradient) / 1e6, 2),
                "weights_mb": round(sum(int(v.size) * 4 for v in layer.state_dict().values()) / 2**20, 1),
                "gflops": round(count_gmacs(layer, size), 2), "images_per_s": {}, "agreement_with_paddle": {}}
-        folder = export_model(layer, os.path.join(work, name), name, default_class_names(11))
+        info = read_model_folder(export_model(layer, os.path.join(work, name), name, default_class_names(11)))
         masks = {}
-        for mode in ("paddle", *[m for m in CPU_RUN_MODES if m != "paddle"]):  # plain first: the reference
+        for mode, make in engines.items():
             try:
-                engine = InferenceEngine(os.path.join(folder, "inference.json"), os.path.join(folder, "inference.pdiparams"),
-                                         ("cpu", None), mode, threads)
+                engine = make(info)
                 masks[mode] = engine(x)
                 row["images_per_s"][mode] = round(forward_rate(engine, x, args.seconds_per_model), 3)
                 row["agreement_with_paddle"][mode] = float((masks[mode] == masks["paddle"]).mean())
+                del engine
             except Exception as e:  # an engine that cannot run a model is a result, not a crash
                 row["images_per_s"][mode] = f"fails: {str(e).strip().splitlines()[0][:90]}"
         rows[name] = row
         print(name, json.dumps(row), flush=True)  # one line as each model finishes
         del layer
-    modes = ("paddle", *[m for m in CPU_RUN_MODES if m != "paddle"])
-    print_table(f"models benchmark: {size}x{size} CamVid frame, batch 1, paddle.inference CPU, {threads} threads, untrained weights",
+    modes = list(engines)
+    print_table(f"models benchmark: {size}x{size} CamVid frame, batch 1, CPU, {threads} threads, untrained weights",
                 ("model", "params (M)", "GFLOPs", *(f"{m} img/s" for m in modes), *(f"{m} = paddle" for m in modes[1:])),
                 [(name, r["params_m"], r["gflops"], *(r["images_per_s"][m] if isinstance(r["images_per_s"][m], float) else "fails"
                                                        for m in modes),
@@ -552,13 +576,66 @@ def bench_models(args, work):
     return {"size": size, "cpu_threads": threads, "image": sample, "models": rows}
 
 
+PADDLEX_SCRIPT = """
+import sys
+from paddlex import create_model
+model_dir, images, out, name = sys.argv[1:5]
+for res in create_model(model_name=name, model_dir=model_dir).predict(images, batch_size=1):
+    res.save_to_img(out)
+    res.save_to_json(out)
+"""
+
+
+def bench_paddlex(args, work):
+    """Whole processes side by side on the same N images: PaddleX (its own virtualenv, its CPU
+    default) predict + save_to_img + save_to_json, against jobs/predict.py with its defaults, run
+    twice: with an empty engine cache (ONNX conversion included) and with the cache it left."""
+    from raysegment.infer.model_files import read_model_folder
+
+    python = args.paddlex_python or os.environ.get("RAYSEGMENT_PADDLEX_PYTHON")
+    if not python:
+        raise SystemExit("pass --paddlex-python (a Python with paddlex installed, e.g. /tmp/pdx/bin/python)")
+    model_dir = args.model_dir or BUNDLED_MODEL
+    name = read_model_folder(model_dir).model_name
+    images = os.path.join(work, "images")
+    os.makedirs(images)
+    source = args.images or SAMPLES
+    files = sorted(f for f in os.listdir(source) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    for i in range(args.n):
+        shutil.copy(os.path.join(source, files[i % len(files)]), os.path.join(images, f"{i:05d}_{files[i % len(files)]}"))
+    script = os.path.join(work, "paddlex_predict.py")
+    with open(script, "w") as f:
+        f.write(PADDLEX_SCRIPT)
+    cache = os.path.join(work, "engine-cache")
+
+    def timed(cmd, **env):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **env})
+        return round(time.perf_counter() - start, 2)
+
+    ours = [sys.executable, os.path.join(ROOT, "jobs", "predict.py"), "--model-dir", model_dir, "--input", images]
+    seconds = {
+        "paddlex": timed([python, script, model_dir, images, os.path.join(work, "out_paddlex"), name]),
+        "raysegment_cold_cache": timed([*ours, "--output", os.path.join(work, "out_cold")], RAYSEGMENT_CACHE_DIR=cache),
+        "raysegment": timed([*ours, "--output", os.path.join(work, "out_warm")], RAYSEGMENT_CACHE_DIR=cache),
+    }
+    with open(os.path.join(work, "out_warm", "_SUCCESS.json")) as f:
+        engine = json.load(f)["engine"]
+    print_table(f"paddlex benchmark: whole processes, {args.n} images from {source}, {name}, {os.cpu_count()} CPUs",
+                ("run", "seconds", "images/s", "PaddleX / this"),
+                [(k, v, round(args.n / v, 2), round(seconds["paddlex"] / v, 2)) for k, v in seconds.items()])
+    return {"n": args.n, "images": source, "model_dir": model_dir, "seconds": seconds, "engine": engine,
+            "speedup_over_paddlex": round(seconds["paddlex"] / seconds["raysegment"], 2),
+            "speedup_over_paddlex_cold_cache": round(seconds["paddlex"] / seconds["raysegment_cold_cache"], 2)}
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", help="where to write the results (default output/benchmarks/<benchmark>.json)")
-    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,serve,models}")
+    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,serve,models,paddlex}")
 
     def add(name, fn, help, n=None, batch_size=None, model=False):
         s = sub.add_parser(name, help=help)
@@ -581,6 +658,9 @@ def parser():
     s.add_argument("-c", "--config", default=os.path.join(ROOT, "configs", "PP-LiteSeg-T.yaml"), help="model config")
     s.add_argument("--iters", type=int, default=30, help="iterations per measurement")
     s.add_argument("--dataset-dir", help="a SegDataset (default: one made from the bundled images)")
+    s = add("paddlex", bench_paddlex, "whole-process bulk prediction against PaddleX", n=300, model=True)
+    s.add_argument("--paddlex-python", help="a Python with paddlex installed (default: $RAYSEGMENT_PADDLEX_PYTHON)")
+    s.add_argument("--images", help="folder of images to cycle through (default: the bundled samples)")
     s = add("models", bench_models, "every registered model: params, GFLOPs, CPU images/s")
     s.add_argument("--models", help="comma-separated names (default: every registered model)")
     s.add_argument("--size", type=int, default=512, help="square input size")

@@ -31,8 +31,11 @@ def create_model(model_name=None, model_dir=None, device=None, target_size=None,
     model_dir: an exported inference folder (ours or PaddleX's) or a checkpoint folder; None looks
     in PaddleX's cache of official models. device: 'cpu', 'gpu', 'gpu:N' or None (GPU if any).
     target_size: None (the folder's setting), -1 (no resize), N or (width, height).
-    Extra keyword arguments (num_classes, run_mode, cpu_threads, max_image_pixels) go to the Predictor;
-    PaddleX's engine keywords (engine="paddle_static", engine_config={"run_mode": ...}, use_hpip) work too.
+    Engines: by default the fastest installed one (OpenVINO, ONNX Runtime, Paddle oneDNN or plain
+    Paddle) whose masks equal Paddle's, per input shape; PaddleX's keywords pin one or opt in to bf16:
+    engine="paddle" | "paddle_static" | "onnxruntime" | "openvino" | "hpi", engine_config={"run_mode",
+    "cpu_threads", "precision"}, use_hpip, hpi_config={"backend", "backend_config"} (infer/engine_spec.py).
+    Extra keyword arguments (num_classes, run_mode, cpu_threads, max_image_pixels) go to the Predictor.
     """
     from .infer.model import SegModel
 

@@ -71,8 +71,7 @@ class PredictorActor:
         from .infer import Predictor
 
         self.batch_size = predict.batch_size
-        self.predictor = Predictor.load(model_dir, device=placement.device, cpu_threads=placement.threads,
-                                        run_mode=predict.kernel_option.run_mode,
+        self.predictor = Predictor.load(model_dir, device=placement.device, engine=predict.engine_spec(placement.threads),
                                         target_size=predict.target_size if resize else None)
 
     def predict_good_rows(self, batch):
@@ -101,7 +100,8 @@ class PredictActor(PredictorActor):
         status = ["error" if e else "done" for e in batch["error"]]
         engine = self.predictor.engine
         return {"uri": batch["uri"], "status": np.array(status, dtype=object), "outputs": np.array(outputs, dtype=object),
-                "error": batch["error"], "engine": np.array([f"{engine.run_mode}: {engine.reason}"] * len(status), dtype=object)}
+                "error": batch["error"], "engine": np.array([engine.run_mode] * len(status), dtype=object),
+                "engine_reasons": np.array(["\n".join(engine.reasons)] * len(status), dtype=object)}
 
 
 class EvalActor(PredictorActor):
@@ -146,7 +146,7 @@ def predict_bulk(cfg, progress=None):
     started = time.perf_counter()
     run = BulkRun(p.output)
     rows, skipped, processed = run.plan(list_inputs(p.input))  # processed: inputs this run recorded
-    engines = set()  # "run mode: why", as each actor chose
+    engines, reasons = set(), set()  # what each actor runs (per input shape), and why
     if rows:
         ds = (
             ray.data.from_items(rows)
@@ -160,13 +160,15 @@ def predict_bulk(cfg, progress=None):
             # recorded as results arrive: a killed job loses at most this batch
             run.record(zip(batch["uri"], batch["status"], map(json.loads, batch["outputs"]), batch["error"]))
             processed += len(batch["uri"])
-            engines.update(batch["engine"])
+            engines.update(batch["engine"][-1:])
+            reasons.update(batch["engine_reasons"][-1].split("\n"))
             if progress:
                 progress(processed, len(rows), time.perf_counter() - started)
     elapsed = time.perf_counter() - started
     return run.commit({"processed_this_run": processed, "skipped_already_done": skipped, "seconds": round(elapsed, 2),
                        "images_per_s": round(processed / elapsed, 3) if processed else 0.0, "model": info.model_name,
-                       "model_dir": p.model_dir, "engine": sorted(engines), "output": p.output, "config": cfg.to_dict()})
+                       "model_dir": p.model_dir, "engine": sorted(engines),
+                       "engine_reasons": sorted(reasons), "output": p.output, "config": cfg.to_dict()})
 
 
 def evaluate(cfg, progress=None):

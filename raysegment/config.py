@@ -16,6 +16,7 @@ from typing import Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .infer.engine_spec import ENGINES, PADDLEX_ENGINE_NAMES, PINNED_RUN_MODES, PRECISIONS, engine_spec
 from .models import MODELS
 
 
@@ -107,9 +108,26 @@ class ExportSection:
 
 @dataclass
 class KernelOptionSection:
-    # paddle.inference CPU mode; None: oneDNN once it gives plain Paddle's masks on a probe, else paddle
-    # (infer/engines.py); mkldnn or paddle pins one
-    run_mode: str | None = field(default=None, metadata=_choice(None, "paddle", "mkldnn"))
+    # paddle.inference CPU mode (pins engine paddle): mkldnn, paddle, or mkldnn_bf16 (opt-in bf16)
+    run_mode: str | None = field(default=None, metadata=_choice(None, *PINNED_RUN_MODES))
+
+
+@dataclass
+class EngineConfigSection:
+    """PaddleX's engine_config (infer/engine_spec.py)."""
+
+    run_mode: str | None = field(default=None, metadata=_choice(None, *PINNED_RUN_MODES))
+    cpu_threads: int | None = field(default=None, metadata=_min(1))  # None: the actor's threads
+    precision: str | None = field(default=None, metadata=_choice(None, *PRECISIONS))  # None: fp32
+
+
+@dataclass
+class HpiConfigSection:
+    """PaddleX's hpi_config: a backend to pin, and its engine_config."""
+
+    backend: str | None = field(default=None, metadata=_choice(None, *ENGINES))
+    backend_config: EngineConfigSection = field(default_factory=EngineConfigSection)
+    auto_config: bool = True  # PaddleX's; picking is what an unset backend does here
 
 
 @dataclass
@@ -126,6 +144,19 @@ class PredictSection:
     max_image_pixels: int = field(default=40_000_000, metadata=_min(1))
     max_image_bytes: int = field(default=100_000_000, metadata=_min(1))
     kernel_option: KernelOptionSection = field(default_factory=KernelOptionSection)
+    # PaddleX's engine keywords; unset: per input shape, the fastest installed engine whose masks
+    # equal Paddle's (infer/engine_choice.py)
+    engine: str | None = field(default=None, metadata=_choice(None, *PADDLEX_ENGINE_NAMES))
+    engine_config: EngineConfigSection = field(default_factory=EngineConfigSection)
+    use_hpip: bool = False
+    hpi_config: HpiConfigSection = field(default_factory=HpiConfigSection)
+
+    def engine_spec(self, cpu_threads=None):
+        """The EngineSpec these keys ask for (cpu_threads: the actor's, unless engine_config says)."""
+        hpi = dataclasses.asdict(self.hpi_config)
+        return engine_spec(self.engine, dataclasses.asdict(self.engine_config), self.use_hpip,
+                           hpi if hpi["backend"] or any(hpi["backend_config"].values()) else None,
+                           self.kernel_option.run_mode, self.engine_config.cpu_threads or cpu_threads)
 
 
 @dataclass
@@ -156,7 +187,15 @@ class ServeOptions:
     host: str = "127.0.0.1"  # jobs/serve.py only; in a Serve config file, http_options.host
     port: int = field(default=8000, metadata=_min(1))
     device: str | None = None  # None: gpu when the replica has one, else cpu
-    run_mode: str | None = field(default=None, metadata=_choice(None, "paddle", "mkldnn"))
+    # the engine, as Predict.engine / engine_config say; run_mode: Paddle's CPU mode (pins engine paddle)
+    engine: str | None = field(default=None, metadata=_choice(None, *PADDLEX_ENGINE_NAMES))
+    engine_config: EngineConfigSection = field(default_factory=EngineConfigSection)
+    run_mode: str | None = field(default=None, metadata=_choice(None, *PINNED_RUN_MODES))
+
+    def engine_spec(self, cpu_threads=None):
+        return engine_spec(self.engine, dataclasses.asdict(self.engine_config), run_mode=self.run_mode,
+                           cpu_threads=self.engine_config.cpu_threads or cpu_threads)
+
     # dynamic batching: a forward pass takes up to max_batch_size waiting requests; 1 turns it off
     max_batch_size: int = field(default=8, metadata=_min(1))
     batch_wait_timeout_s: float = field(default=0.01, metadata=_min(0.0))
@@ -185,7 +224,17 @@ def parse_options(cls, raw, where, overrides=()):
     raw = dict(raw or {})
     for item in overrides:
         _apply_override(raw, item, cls, where)
-    return _build(cls, raw, where)
+    options = _build(cls, raw, where)
+    if hasattr(options, "engine_spec"):
+        _check_engine(options, where)
+    return options
+
+
+def _check_engine(section, where):
+    try:
+        section.engine_spec()
+    except ValueError as e:
+        raise ConfigError(f"{where} engine keys: {e}") from None
 
 
 @dataclass
@@ -234,6 +283,7 @@ def _check_model(cfg):
         raise ConfigError(f"Train.crop_size: expected [width, height] of positive ints, got {crop!r}")
     if cfg.Train.min_scale > cfg.Train.max_scale:
         raise ConfigError(f"Train.min_scale ({cfg.Train.min_scale}) is above Train.max_scale ({cfg.Train.max_scale})")
+    _check_engine(cfg.Predict, "Predict")
     size = cfg.Predict.target_size
     if isinstance(size, int) and size != -1 and size < 1 or isinstance(size, list) and (len(size) != 2 or min(size) < 1):
         raise ConfigError(f"Predict.target_size: expected -1, a positive int or [width, height], got {size!r}")

@@ -21,6 +21,7 @@ nothing starts at import.
 import asyncio
 import base64
 import binascii
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -169,8 +170,8 @@ class Segmenter:
 
         self.opts = o = parse_options(ServeOptions, options, "args")
         placement = serve_replicas(o)
-        self.predictor = Predictor.load(o.model_dir, device=placement.device, target_size=o.target_size, run_mode=o.run_mode,
-                                        cpu_threads=placement.threads)
+        self.predictor = Predictor.load(o.model_dir, device=placement.device, target_size=o.target_size,
+                                        engine=o.engine_spec(placement.threads))
         self.device = placement.device
         self.segment.set_max_batch_size(o.max_batch_size)
         self.segment.set_batch_wait_timeout_s(o.batch_wait_timeout_s)
@@ -260,6 +261,7 @@ class Segmenter:
         return _json({"ready": True, "model": self.predictor.model_name, "model_dir": o.model_dir,
                       "class_names": self.predictor.class_names, "device": self.device,
                       "run_mode": self.predictor.engine.run_mode, "run_mode_reason": self.predictor.engine.reason,
+                      "engine_reasons": self.predictor.engine.reasons,
                       "max_batch_size": o.max_batch_size, "batch_wait_timeout_s": o.batch_wait_timeout_s})
 
 
@@ -280,7 +282,7 @@ def build_app(args=None):
     scaling = {"autoscaling_config": opts.autoscaling} if opts.autoscaling else {"num_replicas": placement.count}
     deployment = Segmenter.options(max_ongoing_requests=opts.max_ongoing_requests, **scaling,
                                    ray_actor_options=placement.ray_options)
-    return deployment.bind(vars(opts))
+    return deployment.bind(dataclasses.asdict(opts))
 
 
 def load_serve_config(path=None, overrides=(), **flags):
@@ -310,5 +312,5 @@ def start(opts, ray_address=None, name="segmentation"):
     its HTTP proxy on opts.host:opts.port; returns the base URL. `serve.shutdown()` stops it."""
     init_ray(ray_address)
     serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s})
-    serve.run(build_app(vars(opts)), name=name, route_prefix="/")
+    serve.run(build_app(dataclasses.asdict(opts)), name=name, route_prefix="/")
     return f"http://{opts.host}:{opts.port}"

@@ -1,11 +1,14 @@
 """Shared fixtures: tiny models and images made here, a real local HTTP server and a real S3
 endpoint (moto's server mode) on 127.0.0.1. Nothing here needs the team-shared data folder or the network."""
 
+import atexit
 import contextlib
 import functools
 import http.server
 import logging
 import os
+import shutil
+import tempfile
 import threading
 
 import cv2
@@ -16,6 +19,11 @@ import pytest
 from raysegment import storage
 from raysegment.infer import export_model, save_checkpoint
 from raysegment.models import build_model
+
+# ONNX files converted during the run (infer/onnx_export.py) go to a folder of this run's own, which
+# Ray workers inherit, not the user's ~/.cache
+os.environ["RAYSEGMENT_CACHE_DIR"] = tempfile.mkdtemp(prefix="raysegment-test-cache-")
+atexit.register(shutil.rmtree, os.environ["RAYSEGMENT_CACHE_DIR"], True)
 
 REFERENCE_KEYS = os.path.join(os.path.dirname(__file__), "reference_keys")
 CLASS_NAMES = ["sky", "road", "car"]

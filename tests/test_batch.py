@@ -59,7 +59,9 @@ def test_folder_tree_with_broken_files(tmp_path, inference_dir, model, image_dir
     summary = bulk(inference_dir, str(image_dir), str(out), 2, "Predict.max_image_pixels=8000", "Predict.save_visualization=true")
     assert (summary["inputs"], summary["done"], summary["errors"]) == (6, 3, 3)
     assert json.loads((out / "_SUCCESS.json").read_text()) == summary
-    assert [e.split(":")[0] for e in summary["engine"]] == ["mkldnn"]  # each actor's engine choice, reported
+    # each actor's engine choice per input shape, and why, reported
+    assert summary["engine"] and all(set(e.split(", ")) <= {"onnxruntime", "openvino:fp32", "paddle:mkldnn"} for e in summary["engine"])
+    assert summary["engine_reasons"] and all(r.startswith("input ") and "Paddle's" in r for r in summary["engine_reasons"])
     manifest = read_jsonl((out / "_manifest.jsonl").read_text())
     assert sorted(m["uri"] for m in manifest) == sorted(str(p) for p in image_dir.rglob("*") if p.is_file())
     errors = {os.path.basename(e["uri"]): e for e in read_jsonl((out / "_errors.jsonl").read_text())}
@@ -156,6 +158,9 @@ def test_the_predict_section_reaches_every_actor(tmp_path, inference_dir):
     actor = PredictActor(inference_dir, cfg.Predict, predict_actors(cfg))
     assert actor.predictor.engine.run_mode == "mkldnn" and actor.batch_size == 3 and actor.predictor.target_size == 64
     assert actor.predictor.engine.cpu_threads == 1 and actor.writer.visualize and actor.writer.output == str(tmp_path)
+    cfg = load_config(None, ["Predict.engine=openvino", "Predict.engine_config.precision=bf16", "Ray.cpus_per_actor=0.5"])
+    engine = PredictActor(inference_dir, cfg.Predict, predict_actors(cfg)).predictor.engine
+    assert engine.candidates == ["openvino"] and engine.spec.precision == "bf16" and engine.threads == 1
 
 
 def test_a_forward_batch_larger_than_an_actor_call_is_refused(tmp_path, inference_dir, image_dir, ray_local):

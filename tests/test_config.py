@@ -107,3 +107,17 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     path.write_text(cfg.to_yaml())
     assert load_config(str(path)) == cfg
     assert yaml.safe_load(path.read_text())["Train"]["num_classes"] == 11
+
+
+def test_engine_keys_are_checked_by_name():
+    cfg = load_config(None, ["Predict.engine=hpi", "Predict.use_hpip=true", "Predict.hpi_config.backend=openvino",
+                             "Predict.hpi_config.backend_config.precision=bf16"])
+    spec = cfg.Predict.engine_spec(cpu_threads=2)
+    assert (spec.engine, spec.precision, spec.cpu_threads) == ("openvino", "bf16", 2)
+    for override, match in [("Predict.engine=tensorrt", "Predict.engine: 'tensorrt' is not one of"),
+                            ("Predict.engine_config.trt_fp16=true", "engine_config.*trt_fp16"),
+                            ("Predict.engine_config.precision=int8", "Predict.engine_config.precision: 'int8' is not one of")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, [override])
+    with pytest.raises(ConfigError, match="Predict engine keys: run_mode 'mkldnn' is a Paddle mode; engine 'onnxruntime'"):
+        load_config(None, ["Predict.engine=onnxruntime", "Predict.kernel_option.run_mode=mkldnn"])

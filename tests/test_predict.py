@@ -47,23 +47,31 @@ def test_exported_and_checkpoint_folders_match_the_in_memory_model(tiny_layer, i
 
 def test_folder_kinds_use_their_engines(inference_dir, checkpoint_dir):
     engine = raysegment.create_model(model_dir=inference_dir).predictor.engine
-    assert engine.run_mode == "mkldnn" and "gave plain Paddle's masks on the probe" in engine.reason
+    assert engine.paddle.run_mode == "mkldnn" and "gave plain Paddle's masks on the probe" in engine.paddle.reason
     assert raysegment.create_model(model_dir=inference_dir, run_mode="paddle").predictor.engine.run_mode == "paddle"  # pinned
     assert raysegment.create_model(model_dir=checkpoint_dir).predictor.engine.run_mode == "dygraph"
+    with pytest.raises(ValueError, match="is a checkpoint, which runs in Paddle dygraph"):
+        raysegment.create_model(model_dir=checkpoint_dir, engine="openvino")
 
 
 def test_paddlex_engine_keywords(inference_dir):
     """PaddleX's create_model(engine=, engine_config=, use_hpip=, hpi_config=) as test_paddlex_compat runs PaddleX."""
     pinned = raysegment.create_model(model_dir=inference_dir, engine="paddle_static", engine_config={"run_mode": "paddle"})
     assert pinned.predictor.engine.run_mode == "paddle"
-    assert raysegment.create_model(model_dir=inference_dir, use_hpip=True).predictor.engine.run_mode == "mkldnn"
-    for kw, match in [({"engine": "onnxruntime"}, "engine 'onnxruntime' is not available in raysegment yet; available: paddle"),
+    hpi = raysegment.create_model(model_dir=inference_dir, use_hpip=True, hpi_config={"backend": "onnxruntime"})
+    assert hpi.predictor.engine.candidates == ["onnxruntime"]
+    assert raysegment.create_model(model_dir=inference_dir, engine="paddle", engine_config={"precision": "bf16"}).predictor.engine.run_mode == "mkldnn_bf16"
+    for kw, match in [({"engine": "tensorrt"}, "engine 'tensorrt' is not available; available: paddle, paddle_static"),
                       ({"engine_config": {"run_mode": "paddle", "trt_fp16": True}}, "engine_config key.s. trt_fp16 not taken"),
-                      ({"engine_config": {"run_mode": "mkldnn_bf16"}}, "run_mode 'mkldnn_bf16' is not one of mkldnn, paddle"),
+                      ({"engine_config": {"run_mode": "trt_fp16"}}, "run_mode 'trt_fp16' is not one of mkldnn, paddle, mkldnn_bf16"),
                       ({"run_mode": "paddle", "engine_config": {"run_mode": "mkldnn"}}, "disagree"),
-                      ({"hpi_config": {"backend": "openvino"}}, "hpi_config is not supported yet")]:
+                      ({"engine": "onnxruntime", "run_mode": "mkldnn"}, "is a Paddle mode; engine 'onnxruntime' does not take one"),
+                      ({"engine": "onnxruntime", "engine_config": {"precision": "bf16"}}, "bf16 runs on openvino or paddle"),
+                      ({"engine_config": {"precision": "fp16"}}, "fp16 needs a GPU"),
+                      ({"hpi_config": {"backend": "openvino"}}, "hpi_config applies with use_hpip=True"),
+                      ({"use_hpip": True, "hpi_config": {"backend": "om"}}, "backend 'om' is not one of")]:
         with pytest.raises(ValueError, match=match):
-            raysegment.create_model(model_dir=inference_dir, **kw)
+            raysegment.create_model(model_dir=inference_dir, device="cpu", **kw)
 
 
 def test_cpu_mode_falls_back_to_plain_paddle_when_onednn_fails(inference_dir, monkeypatch):
@@ -77,7 +85,7 @@ def test_cpu_mode_falls_back_to_plain_paddle_when_onednn_fails(inference_dir, mo
         return create(self, mode)
 
     monkeypatch.setattr(InferenceEngine, "_create", no_onednn)
-    engine = raysegment.create_model(model_dir=inference_dir).predictor.engine
+    engine = raysegment.create_model(model_dir=inference_dir, engine="paddle").predictor.engine
     assert engine.run_mode == "paddle" and engine.reason.startswith("oneDNN fails ((Unimplemented)")
     with pytest.raises(RuntimeError, match="Unimplemented"):  # a pinned mode is not replaced
         raysegment.create_model(model_dir=inference_dir, run_mode="mkldnn")
@@ -279,7 +287,7 @@ def test_pixel_limit_is_enforced(inference_dir, image_dir):
 def test_onednn_failing_on_a_later_input_falls_back_for_good(inference_dir):
     """MaskFormer's graph fails in oneDNN (Paddle 3.2.2) at some input sizes: an unpinned engine
     that passed its probe must not crash on such an input, but carry on in plain Paddle."""
-    model = raysegment.create_model(model_dir=inference_dir)
+    model = raysegment.create_model(model_dir=inference_dir, engine="paddle")
     engine = model.predictor.engine
     assert engine.run_mode == "mkldnn"
 

@@ -14,13 +14,14 @@ import sys
 import numpy as np
 import paddle
 
+from .engine_spec import CPU_RUN_MODES, PINNED_RUN_MODES
+
 log = logging.getLogger(__name__)
 
 # CPU modes of paddle.inference. Unpinned, an exported model runs on oneDNN ("mkldnn": 5.7x plain
 # Paddle for PP-LiteSeg-T at 360x480 on 2 cores, Paddle 3.2.2) once it has given plain Paddle's
 # masks on a probe image; otherwise, or when oneDNN fails (Paddle 3.3.0-3.3.1 fail on every
 # interpolation op), it runs plain Paddle and logs why. `jobs/benchmark.py predict` times both.
-CPU_RUN_MODES = ("mkldnn", "paddle")
 PROBE_AGREEMENT = 0.999  # share of probe pixels oneDNN must label as plain Paddle does
 
 
@@ -57,7 +58,14 @@ def default_cpu_threads():
     return len(os.sched_getaffinity(0))
 
 
-class LayerEngine:
+class _Reported:
+    @property
+    def reasons(self):
+        """Why this engine runs, one line per decision (engine_choice.ChosenEngine makes one per shape)."""
+        return [self.reason]
+
+
+class LayerEngine(_Reported):
     def __init__(self, layer, device=("cpu", None), cpu_threads=None):
         kind, gpu = device
         paddle.set_device("cpu" if kind == "cpu" else f"gpu:{gpu}")
@@ -66,6 +74,7 @@ class LayerEngine:
         self.layer = layer
         self.layer.eval()
         self.run_mode, self.reason = "dygraph", "a checkpoint folder runs its paddle.nn.Layer"
+        self.name = f"paddle:{self.run_mode}"
 
     def __call__(self, batch):
         with paddle.no_grad():
@@ -73,15 +82,15 @@ class LayerEngine:
             return paddle.argmax(logits, axis=1, dtype="int32").numpy()
 
 
-class InferenceEngine:
+class InferenceEngine(_Reported):
     """An exported folder through paddle.inference. `run_mode` pins a CPU mode; None picks one
     (see CPU_RUN_MODES) and says why in `self.reason`."""
 
     def __init__(self, graph_file, params_file, device=("cpu", None), run_mode=None, cpu_threads=None):
         self.files, self.device = (graph_file, params_file), device
         self.cpu_threads = cpu_threads or default_cpu_threads()
-        if run_mode not in (None, *CPU_RUN_MODES):
-            raise ValueError(f"run_mode {run_mode!r} is not one of {', '.join(CPU_RUN_MODES)}")
+        if run_mode not in (None, *PINNED_RUN_MODES):
+            raise ValueError(f"run_mode {run_mode!r} is not one of {', '.join(PINNED_RUN_MODES)}")
         self.pinned = device[0] == "gpu" or run_mode is not None
         if device[0] == "gpu":
             self.run_mode, self.reason = "gpu", "GPU device"
@@ -124,8 +133,14 @@ class InferenceEngine:
         else:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(self.cpu_threads)
-            config.enable_mkldnn() if mode == "mkldnn" else config.disable_mkldnn()
+            config.enable_mkldnn() if mode.startswith("mkldnn") else config.disable_mkldnn()
+            if mode == "mkldnn_bf16":
+                config.enable_mkldnn_bfloat16()
         return inference.create_predictor(config)
+
+    @property
+    def name(self):
+        return f"paddle:{self.run_mode}"
 
     def __call__(self, batch):
         try:

@@ -13,7 +13,7 @@ from ..models import build_model, load_weights, save_weights
 from .model_files import CHECKPOINT_PARAMS, ModelInfo, read_model_folder, write_inference_yml
 
 
-class _ArgmaxHead(paddle.nn.Layer):
+class ArgmaxHead(paddle.nn.Layer):
     def __init__(self, net):
         super().__init__()
         self.net = net
@@ -46,7 +46,7 @@ def export_model(layer, folder, model_name, class_names, transforms=None):
     layer.eval()
     try:
         static = paddle.jit.to_static(
-            _ArgmaxHead(layer),
+            ArgmaxHead(layer),
             input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32", "x")],
             full_graph=True,
         )

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..data import transforms as T
 from ..models import build_model, check_model_name, load_weights
-from .engines import InferenceEngine, LayerEngine, resolve_device
+from .engine_spec import EngineSpec
+from .engines import LayerEngine, resolve_device
 from .model_files import ModelFolderError, ModelInfo, read_model_folder
 
 # PaddleX's Resize defaults when a target size is asked for and the folder has no Resize transform.
@@ -44,20 +45,27 @@ class Predictor:
         self._folder_size = resize.get("target_size", -1)
 
     @classmethod
-    def load(cls, model_dir, model_name=None, device=None, target_size=None, num_classes=None, run_mode=None, cpu_threads=None):
-        """From an exported inference folder (paddle.inference) or a checkpoint folder (dygraph)."""
+    def load(cls, model_dir, model_name=None, device=None, target_size=None, num_classes=None, engine=None):
+        """From an exported inference folder (the engine `engine`, an EngineSpec, asks for; by default
+        the fastest that gives Paddle's masks) or a checkpoint folder (dygraph)."""
+        from .engine_choice import open_engine
+
+        spec = engine or EngineSpec()
         info = read_model_folder(model_dir, num_classes)
         if model_name is not None and check_model_name(model_name) != info.model_name:
             raise ModelFolderError(f"model folder {os.fspath(model_dir)!r} holds a {info.model_name}, not a {model_name}")
         device = resolve_device(device)
         if info.graph_file:
-            engine = InferenceEngine(info.graph_file, info.params_file, device, run_mode, cpu_threads)
+            engine = open_engine(info, device, spec)
+        elif spec.engine not in (None, "paddle") or spec.run_mode or spec.precision != "fp32":
+            raise ModelFolderError(f"{os.fspath(model_dir)!r} is a checkpoint, which runs in Paddle dygraph in fp32; "
+                                   "export it (Global.mode=export) to choose an engine, run mode or precision")
         else:
             if not info.class_names:
                 raise ModelFolderError(f"checkpoint {os.fspath(model_dir)!r} has no label_list in inference.yml; pass num_classes")
             layer = build_model(info.model_name, info.num_classes)
             load_weights(layer, info.params_file)
-            engine = LayerEngine(layer, device, cpu_threads)
+            engine = LayerEngine(layer, device, spec.cpu_threads)
         return cls(engine, info, target_size)
 
     @classmethod

@@ -42,6 +42,34 @@ def resize_to(x, size_hw, mode="bilinear"):
     return F.interpolate(x, size_hw, mode=mode, align_corners=False)
 
 
+class AdaptiveAvgPool(nn.Layer):
+    """nn.AdaptiveAvgPool2D that also exports exactly at a static input size.
+
+    Traced with a known height and width (an ONNX graph for one input shape, infer/onnx_export.py),
+    it averages each output cell's window by slicing: paddle2onnx 2.1 turns adaptive pooling into one
+    AveragePool with a fixed kernel and stride, which is wrong whenever the size is not a multiple of
+    the bins (a 15-wide map in 4 bins has windows 4, 5, 5, 4 wide; 0.5% of PP-LiteSeg-T's pixels
+    changed at 360x480). Everywhere else it is the Paddle op.
+    """
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        if paddle.in_dynamic_mode() or h < 0 or w < 0:
+            return F.adaptive_avg_pool2d(x, self.size)
+        rows = [[x[:, :, hs:he, ws:we].mean(axis=[2, 3], keepdim=True) for ws, we in _windows(w, self.size)]
+                for hs, he in _windows(h, self.size)]
+        return paddle.concat([paddle.concat(row, axis=3) for row in rows], axis=2)
+
+
+def _windows(length, bins):
+    """Adaptive pooling's [start, end) windows: floor(i * L / n) .. ceil((i + 1) * L / n)."""
+    return [(i * length // bins, -(-(i + 1) * length // bins)) for i in range(bins)]
+
+
 class DropPath(nn.Layer):
     """Stochastic depth: in training, zero a whole sample's residual branch with probability `p`
     and scale the survivors by 1 / (1 - p); the identity in eval mode."""

@@ -10,7 +10,7 @@ seg_head_inter_chs [32, 64, 64]; B = STDC2 with the defaults below.
 import paddle
 import paddle.nn as nn
 
-from .layers import ConvBN, ConvBNReLU, avg_max_over_channels, resize_to
+from .layers import AdaptiveAvgPool, ConvBN, ConvBNReLU, avg_max_over_channels, resize_to
 from .stdcnet import stdc1, stdc2
 
 
@@ -20,7 +20,7 @@ class PPContextModule(nn.Layer):
     def __init__(self, in_ch, inter_ch, out_ch, bin_sizes):
         super().__init__()
         self.stages = nn.LayerList(
-            [nn.Sequential(nn.AdaptiveAvgPool2D(size), ConvBNReLU(in_ch, inter_ch, 1)) for size in bin_sizes]
+            [nn.Sequential(AdaptiveAvgPool(size), ConvBNReLU(in_ch, inter_ch, 1)) for size in bin_sizes]
         )
         self.conv_out = ConvBNReLU(inter_ch, out_ch, 3, padding=1)
 

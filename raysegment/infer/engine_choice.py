@@ -1,0 +1,153 @@
+"""Which engine runs an exported folder: what the user asked (engine_spec.EngineSpec), and the
+default, which per input shape runs the fastest installed engine whose masks equal Paddle's.
+
+    engine       what runs                                   precisions
+    paddle       paddle.inference: oneDNN or plain on CPU    fp32; bf16 (oneDNN, run_mode mkldnn_bf16)
+    onnxruntime  ONNX Runtime (CPU; CUDA/TensorRT on GPU)    fp32; fp16 (GPU, TensorRT)
+    openvino     OpenVINO (CPU)                              fp32; bf16 (AMX / AVX-512-BF16)
+
+Unpinned, the first batch of each input shape runs on Paddle (its answer is returned) and on each
+installed candidate; a candidate whose label maps differ from Paddle's on more than 0.1% of the
+pixels is dropped, and the fastest of the rest serves that shape from then on. Pinned, the one engine
+serves every shape once it runs the model and (in fp32) gives Paddle's masks; otherwise Paddle does,
+after one warning line. The choice and its reason are `run_mode` and `reason`, which the bulk
+job's _SUCCESS.json and Serve's /ready report.
+"""
+
+import logging
+import os
+import time
+
+
+from . import runtimes
+from .engines import PROBE_AGREEMENT, InferenceEngine, default_cpu_threads
+from .onnx_export import ConversionError, onnx_file
+
+log = logging.getLogger(__name__)
+
+# Graphs paddle2onnx converts only at a static input size (PP-LiteSeg) get one ONNX file per input
+# shape; past this many shapes a model runs the rest on Paddle.
+MAX_STATIC_SHAPES = 4
+
+
+def open_engine(info, device, spec):
+    """The engine for an exported folder on `device` ('cpu', None) | ('gpu', N)."""
+    if device[0] == "cpu" and spec.precision == "fp16":
+        raise ValueError("precision fp16 needs a GPU; on CPU use fp32 or bf16")
+    if device[0] == "gpu" and spec.precision == "bf16":
+        raise ValueError("precision bf16 is a CPU mode (AMX / AVX-512-BF16); on GPU use fp32 or fp16")
+    threads = spec.cpu_threads or default_cpu_threads()
+    paddle = InferenceEngine(info.graph_file, info.params_file, device, spec.paddle_run_mode, threads)
+    if spec.engine == "paddle" or spec.run_mode:
+        return paddle
+    return ChosenEngine(info, device, spec, paddle, threads)
+
+
+class ChosenEngine:
+    def __init__(self, info, device, spec, paddle, threads):
+        self.info, self.device, self.spec, self.paddle, self.threads = info, device, spec, paddle, threads
+        self.candidates = [spec.engine] if spec.engine else self._installed()
+        self.by_shape, self.notes = {}, {}  # (h, w) -> engine, its reason
+        self._runtimes, self._onnx = {}, {}  # (engine name, onnx path) -> runtime; shape | None -> path or error
+        if not self.candidates:
+            self.notes[None] = "no onnxruntime/openvino (with paddle2onnx) installed; Paddle runs every shape"
+
+    def _installed(self):
+        if self.device[0] == "gpu":
+            return ["onnxruntime"] if runtimes.installed("onnxruntime") else []
+        if self.spec.precision == "bf16":
+            return ["openvino"]
+        return [name for name in ("openvino", "onnxruntime") if runtimes.installed(name)]
+
+    @property
+    def run_mode(self):
+        names = sorted({engine.name for engine in self.by_shape.values()})
+        return ", ".join(names) or "chosen at the first input of each shape"
+
+    @property
+    def reason(self):
+        return "; ".join(self.notes.values()) or f"candidates: paddle ({self.paddle.run_mode}), {', '.join(self.candidates)}"
+
+    @property
+    def reasons(self):
+        return list(self.notes.values()) or [self.reason]
+
+    @property
+    def name(self):
+        return self.run_mode
+
+    def __call__(self, batch):
+        engine = self.by_shape.get(batch.shape[2:])
+        return engine(batch) if engine is not None else self._choose(batch)
+
+    def _choose(self, batch):
+        shape = batch.shape[2:]
+        answer = self.paddle(batch)
+        timings, runs, dropped = {}, {self.paddle.name: self.paddle}, []
+        for name in self.candidates:
+            try:
+                engine = self._runtime(name, shape)
+                agreement = float((engine(batch) == answer).mean())
+            except Exception as e:  # conversion, compilation or run failures, from several libraries
+                dropped.append(f"{name} cannot run it ({_first_line(e)})")
+                continue
+            opted_in = self.spec.precision != "fp32"
+            if agreement < PROBE_AGREEMENT and not opted_in:
+                dropped.append(f"{engine.name} gave Paddle's label on only {agreement:.2%} of the pixels")
+                continue
+            runs[engine.name] = engine
+            if opted_in:
+                dropped.append(f"{engine.name} agrees with Paddle fp32 on {agreement:.2%} of the pixels")
+        if self.spec.engine and len(runs) > 1:  # pinned, and it runs: no race
+            best = next(name for name in runs if name != self.paddle.name)
+        else:
+            timings = {name: _best_seconds(engine, batch) for name, engine in runs.items()}
+            best = min(timings, key=timings.get)
+        self.by_shape[shape] = runs[best]
+        timed = ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in sorted(timings.items(), key=lambda kv: kv[1]))
+        what = "the pinned engine" if self.spec.engine else "the fastest engine whose masks equal Paddle's"
+        note = f"input {shape[0]}x{shape[1]}: {best}, {what}" + (f" ({timed})" if timed else "") + "".join(f"; {d}" for d in dropped)
+        self.notes[shape] = note
+        pinned_lost = self.spec.engine and best == self.paddle.name
+        (log.warning if pinned_lost else log.info)("%s: %s", os.path.dirname(self.info.graph_file), note)
+        return answer
+
+    def _runtime(self, name, shape):
+        path = self._onnx_path(shape)
+        if (name, path) not in self._runtimes:
+            if name == "openvino":
+                self._runtimes[name, path] = runtimes.OpenVinoEngine(path, self.threads, self.spec.precision)
+            else:
+                self._runtimes[name, path] = runtimes.OnnxRuntimeEngine(path, self.device, self.threads, self.spec.precision)
+        return self._runtimes[name, path]
+
+    def _onnx_path(self, shape):
+        """The dynamic-shape ONNX file when paddle2onnx takes the model so, else this shape's."""
+        for key in (None, shape):
+            if key not in self._onnx:
+                if key is not None and sum(k is not None for k in self._onnx) >= MAX_STATIC_SHAPES:
+                    raise ConversionError(f"this model converts only per input shape and already has {MAX_STATIC_SHAPES}; "
+                                          "give the job one Predict.target_size to keep every input on the fast engines")
+                try:
+                    self._onnx[key] = onnx_file(self.info, key)
+                except ConversionError as e:
+                    self._onnx[key] = e
+            if not isinstance(self._onnx[key], Exception):
+                return self._onnx[key]
+        raise self._onnx[shape]
+
+
+def _best_seconds(engine, batch, runs=2):
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        engine(batch)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+__all__ = ["ChosenEngine", "open_engine"]

@@ -1,0 +1,87 @@
+"""What a user asks of the engine, in PaddleX's words, checked without importing any engine.
+
+    create_model(..., engine=None | "paddle" | "paddle_static" | "onnxruntime" | "openvino" | "hpi",
+                 engine_config={"run_mode": ..., "cpu_threads": ..., "precision": ...},
+                 use_hpip=..., hpi_config={"backend": ..., "backend_config": {...}, "auto_config": ...})
+
+The same keys sit in a config file's Predict section and in the Serve app's options. Left unset, the
+engine is picked per model and input shape (infer/engine_choice.py), which is what PaddleX's
+high-performance mode (use_hpip) does, so use_hpip only allows hpi_config.
+"""
+
+from dataclasses import dataclass
+
+ENGINES = ("paddle", "onnxruntime", "openvino")
+PADDLEX_ENGINE_NAMES = {"paddle": "paddle", "paddle_static": "paddle", "onnxruntime": "onnxruntime",
+                        "openvino": "openvino", "hpi": None}
+PRECISIONS = ("fp32", "bf16", "fp16")
+# paddle.inference CPU modes; unpinned, oneDNN runs once it gives plain Paddle's masks (engines.py).
+CPU_RUN_MODES = ("mkldnn", "paddle")
+PINNED_RUN_MODES = (*CPU_RUN_MODES, "mkldnn_bf16")  # bf16 on oneDNN: opt-in only
+ENGINE_CONFIG_KEYS = ("run_mode", "cpu_threads", "precision")
+HPI_CONFIG_KEYS = ("backend", "backend_config", "auto_config")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    engine: str | None = None  # None: the fastest installed engine whose masks equal Paddle's
+    run_mode: str | None = None  # a Paddle CPU mode (PINNED_RUN_MODES); pins engine paddle
+    precision: str = "fp32"
+    cpu_threads: int | None = None
+
+    def __post_init__(self):
+        if self.engine not in (None, *ENGINES):
+            raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.run_mode not in (None, *PINNED_RUN_MODES):
+            raise ValueError(f"run_mode {self.run_mode!r} is not one of {', '.join(PINNED_RUN_MODES)}")
+        if self.run_mode and self.engine not in (None, "paddle"):
+            raise ValueError(f"run_mode {self.run_mode!r} is a Paddle mode; engine {self.engine!r} does not take one")
+        if self.precision == "bf16" and self.engine == "onnxruntime":
+            raise ValueError("precision bf16 runs on openvino or paddle (oneDNN), not onnxruntime")
+        if self.precision == "fp16" and self.engine not in (None, "onnxruntime"):
+            raise ValueError("precision fp16 runs on a GPU through onnxruntime's TensorRT provider")
+        if self.precision == "bf16" and self.run_mode not in (None, "mkldnn_bf16"):
+            raise ValueError(f"precision bf16 with run_mode {self.run_mode!r}: Paddle's bf16 mode is mkldnn_bf16")
+        if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
+            raise ValueError(f"cpu_threads must be a positive integer, got {self.cpu_threads!r}")
+
+    @property
+    def paddle_run_mode(self):
+        """The mode of the Paddle engine, which runs pinned or checks the others."""
+        if self.engine == "paddle" and self.precision == "bf16":
+            return "mkldnn_bf16"
+        return self.run_mode
+
+
+def engine_spec(engine=None, engine_config=None, use_hpip=False, hpi_config=None, run_mode=None, cpu_threads=None):
+    """PaddleX's engine keywords (plus our run_mode / cpu_threads shorthands) -> EngineSpec, or a
+    ValueError naming the key or value that is not taken."""
+    if engine not in PADDLEX_ENGINE_NAMES and engine is not None:
+        raise ValueError(f"engine {engine!r} is not available; available: {', '.join(PADDLEX_ENGINE_NAMES)} (None: pick the fastest)")
+    config = _checked(engine_config, ENGINE_CONFIG_KEYS, "engine_config")
+    name = PADDLEX_ENGINE_NAMES.get(engine)
+    if hpi_config:
+        if not use_hpip and engine != "hpi":
+            raise ValueError("hpi_config applies with use_hpip=True or engine='hpi'")
+        hpi = _checked(hpi_config, HPI_CONFIG_KEYS, "hpi_config")
+        if hpi.get("backend") is not None:
+            if hpi["backend"] not in ENGINES:
+                raise ValueError(f"hpi_config backend {hpi['backend']!r} is not one of {', '.join(ENGINES)}")
+            name = hpi["backend"]
+        config = {**_checked(hpi.get("backend_config"), ENGINE_CONFIG_KEYS, "hpi_config backend_config"), **config}
+    for key, value in (("run_mode", run_mode), ("cpu_threads", cpu_threads)):
+        if value is not None and config.get(key, value) != value:
+            raise ValueError(f"{key}={value!r} and engine_config {key} {config[key]!r} disagree; pass one")
+        if value is not None:
+            config[key] = value
+    return EngineSpec(name, config.get("run_mode"), config.get("precision") or "fp32", config.get("cpu_threads"))
+
+
+def _checked(mapping, keys, what):
+    mapping = {k: v for k, v in dict(mapping or {}).items() if v is not None}
+    unknown = sorted(set(mapping) - set(keys))
+    if unknown:
+        raise ValueError(f"{what} key(s) {', '.join(unknown)} not taken; accepted: {', '.join(keys)}")
+    return mapping

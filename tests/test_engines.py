@@ -1,0 +1,111 @@
+"""The engines behind the Predictor: ONNX Runtime and OpenVINO on files paddle2onnx converts from
+our folders, checked against Paddle's masks, and the default that picks among them per input shape."""
+
+import logging
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+import raysegment
+from raysegment.infer import export_model
+from raysegment.infer.engine_choice import MAX_STATIC_SHAPES
+from raysegment.infer.model_files import read_model_folder
+from raysegment.infer.onnx_export import ConversionError, cache_dir, onnx_file
+from raysegment.models import build_model
+from raysegment.models.layers import AdaptiveAvgPool
+
+from conftest import CLASS_NAMES, random_image
+
+
+def _inputs(model, h, w, n=2):
+    return np.stack([model.predictor.preprocess(random_image(h, w, seed=s)) for s in range(n)])
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_pinned_engine_gives_paddles_masks(inference_dir, engine):
+    model = raysegment.create_model(model_dir=inference_dir, engine=engine, device="cpu")
+    plain = raysegment.create_model(model_dir=inference_dir, run_mode="paddle").predictor.engine
+    x = _inputs(model, 96, 160)
+    chosen = model.predictor.engine
+    first = chosen(x)  # Paddle's answer, while the pinned engine is checked against it
+    assert chosen.run_mode == {"onnxruntime": "onnxruntime", "openvino": "openvino:fp32"}[engine]
+    assert "the pinned engine" in chosen.reason
+    second = chosen(x)  # now the pinned engine's own
+    np.testing.assert_array_equal(first, plain(x))
+    assert (second == first).mean() >= 0.999
+    assert len(np.unique(second)) > 1
+
+
+def test_default_picks_per_shape_and_says_why(inference_dir, caplog):
+    model = raysegment.create_model(model_dir=inference_dir, device="cpu")
+    engine = model.predictor.engine
+    assert engine.run_mode == "chosen at the first input of each shape"
+    with caplog.at_level(logging.INFO, logger="raysegment.infer.engine_choice"):
+        engine(_inputs(model, 96, 160))
+    note = engine.notes[(96, 160)]
+    # every candidate was timed against Paddle, and the fastest serves the shape
+    for name in ("onnxruntime", "openvino:fp32", "paddle:mkldnn"):
+        assert f"{name} " in note and " ms" in note
+    assert note.startswith(f"input 96x160: {engine.by_shape[(96, 160)].name}, the fastest engine whose masks equal Paddle's")
+    assert [r.getMessage() for r in caplog.records if "input 96x160" in r.getMessage()]
+
+
+def test_static_shape_models_convert_per_shape_and_cap_it(inference_dir):
+    """PP-LiteSeg's adaptive pooling converts only at a static size: one cached ONNX file per shape,
+    the dynamic try recorded as failed once, and past MAX_STATIC_SHAPES the rest stay on Paddle."""
+    info = read_model_folder(inference_dir)
+    with pytest.raises(ConversionError, match="Adaptive only support static input shape"):
+        onnx_file(info)
+    model = raysegment.create_model(model_dir=inference_dir, engine="onnxruntime")
+    engine = model.predictor.engine
+    shapes = [(64, 64 + 32 * i) for i in range(MAX_STATIC_SHAPES + 1)]
+    for h, w in shapes:
+        engine(_inputs(model, h, w, n=1))
+    files = sorted(f for f in os.listdir(cache_dir()) if f.startswith(f"PP-LiteSeg-T_") and f.endswith(".onnx"))
+    assert {f"{h}x{w}" for h, w in shapes[:-1]} <= {f.rsplit("_", 1)[1].removesuffix(".onnx") for f in files}
+    assert all(engine.by_shape[s].name == "onnxruntime" for s in shapes[:-1])
+    last = shapes[-1]
+    assert engine.by_shape[last].name == "paddle:mkldnn" and f"already has {MAX_STATIC_SHAPES}" in engine.notes[last]
+
+
+def test_adaptive_pool_is_exact_when_traced_at_a_static_size():
+    """A 15-wide map in 4 bins has windows of 4, 5, 5 and 4 columns: the sliced form equals Paddle's op."""
+    pool = AdaptiveAvgPool(4)
+    x = paddle.to_tensor(np.random.default_rng(0).normal(size=(2, 3, 12, 15)).astype("float32"))
+    static = paddle.jit.to_static(pool, input_spec=[paddle.static.InputSpec([None, 3, 12, 15], "float32")], full_graph=True)
+    np.testing.assert_allclose(static(x).numpy(), paddle.nn.functional.adaptive_avg_pool2d(x, 4).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def foreign_dir(tiny_layer, tmp_path_factory):
+    """The tiny model exported with parameter names unlike a fresh build, as another exporter (PaddleX) names them."""
+    layer = build_model("PP-LiteSeg-T", num_classes=len(CLASS_NAMES))
+    layer.set_state_dict(tiny_layer.state_dict())
+    for param in layer.parameters():
+        param.name = f"other_{param.name}"
+    layer.eval()
+    return export_model(layer, str(tmp_path_factory.mktemp("foreign")), "PP-LiteSeg-T", CLASS_NAMES)
+
+
+def test_an_engine_that_cannot_take_the_model_falls_back_to_paddle(foreign_dir, inference_dir, caplog):
+    model = raysegment.create_model(model_dir=foreign_dir, engine="openvino")
+    x = _inputs(model, 96, 160)
+    with caplog.at_level(logging.WARNING, logger="raysegment.infer.engine_choice"):
+        first, second = model.predictor.engine(x), model.predictor.engine(x)
+    engine = model.predictor.engine
+    assert engine.run_mode == "paddle:mkldnn" and "openvino cannot run it" in engine.reason
+    assert "do not match a fresh PP-LiteSeg-T build" in engine.reason
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1  # one clear line, no crash
+    reference = raysegment.create_model(model_dir=inference_dir, run_mode="paddle").predictor.engine(x)
+    np.testing.assert_array_equal(first, reference)
+    np.testing.assert_array_equal(second, reference)
+
+
+def test_bf16_is_opt_in_and_reports_its_agreement(inference_dir):
+    model = raysegment.create_model(model_dir=inference_dir, engine_config={"precision": "bf16"})
+    engine = model.predictor.engine
+    assert engine.candidates == ["openvino"]
+    engine(_inputs(model, 96, 160))
+    assert engine.run_mode == "openvino:bf16" and "openvino:bf16 agrees with Paddle fp32 on" in engine.reason
