@@ -313,8 +313,9 @@ def _forward_worker(model_dir, images, threads, batch_size, barrier, results):
 
     from raysegment.data.image import decode_image
     from raysegment.infer import Predictor
+    from raysegment.infer.engine_spec import EngineSpec
 
-    predictor = Predictor.load(model_dir, device="cpu", cpu_threads=threads)
+    predictor = Predictor.load(model_dir, device="cpu", engine=EngineSpec(cpu_threads=threads))  # the default engine choice
     inputs = [predictor.preprocess(decode_image(open(p, "rb").read(), p)) for p in images]
     batches = [np.stack(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
     predictor.engine(batches[0])

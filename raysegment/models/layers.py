@@ -57,12 +57,17 @@ class AdaptiveAvgPool(nn.Layer):
         self.size = size
 
     def forward(self, x):
-        h, w = x.shape[2:]
-        if paddle.in_dynamic_mode() or h < 0 or w < 0:
-            return F.adaptive_avg_pool2d(x, self.size)
-        rows = [[x[:, :, hs:he, ws:we].mean(axis=[2, 3], keepdim=True) for ws, we in _windows(w, self.size)]
-                for hs, he in _windows(h, self.size)]
-        return paddle.concat([paddle.concat(row, axis=3) for row in rows], axis=2)
+        return _adaptive_avg_pool(x, self.size)
+
+
+@paddle.jit.not_to_static  # plain Python while tracing: the branch is decided by the traced shape
+def _adaptive_avg_pool(x, size):
+    h, w = x.shape[2:]
+    if paddle.in_dynamic_mode() or h < 0 or w < 0:
+        return F.adaptive_avg_pool2d(x, size)
+    rows = [[x[:, :, hs:he, ws:we].mean(axis=[2, 3], keepdim=True) for ws, we in _windows(w, size)]
+            for hs, he in _windows(h, size)]
+    return paddle.concat([paddle.concat(row, axis=3) for row in rows], axis=2)
 
 
 def _windows(length, bins):
