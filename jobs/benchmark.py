@@ -9,6 +9,7 @@
     python jobs/benchmark.py models                        # all 20 models: params, GFLOPs, CPU images/s
     python jobs/benchmark.py models --models SeaFormer_tiny,PP-LiteSeg-T --size 512
     python jobs/benchmark.py paddlex --paddlex-python /tmp/pdx/bin/python --images ../shared/data/camvid/images
+    python jobs/benchmark.py paddlex-serve --paddlex-python /tmp/pdx/bin/python   # after `paddlex --install serving`
 
 predict: images/s of `create_model().predict` with save_to_img + save_to_json, against the bare
 exported-model forward on pre-decoded, pre-normalised arrays (the compute limit), and the forward
@@ -37,6 +38,9 @@ the bundled images with random block labels.
 paddlex: whole-process seconds of PaddleX 3.7.2 (its own virtualenv; create_model().predict +
 save_to_img + save_to_json) and of jobs/predict.py with its defaults on the same N images, the
 bundled CamVid model unless --model-dir.
+
+paddlex-serve: `paddlex --serve` against jobs/serve.py, each with its default settings, one after
+the other on the same port, at 1, 8 and 32 closed-loop clients (req/s, p50, p99, errors).
 
 predict, bulk and serve use --model-dir, or an untrained PP-LiteSeg-T with 11 classes (speed does
 not depend on the weights); every title names the model measured.
@@ -630,13 +634,87 @@ def bench_paddlex(args, work):
             "speedup_over_paddlex_cold_cache": round(seconds["paddlex"] / seconds["raysegment_cold_cache"], 2)}
 
 
+PADDLEX_PIPELINE = """pipeline_name: semantic_segmentation
+SubModules:
+  SemanticSegmentation:
+    module_name: semantic_segmentation
+    model_name: {name}
+    model_dir: {model_dir}
+    batch_size: 1
+    target_size: None
+"""
+
+
+def bench_paddlex_serve(args, work):
+    """Closed-loop load tests, one server at a time on the same port and images: PaddleX's
+    `paddlex --serve` (its own virtualenv, CPU default) and jobs/serve.py with its default settings,
+    both asked for the label map without the overlay (visualize: false)."""
+    import base64
+    import signal
+    import socket
+    import urllib.request
+
+    from raysegment.infer.model_files import read_model_folder
+
+    python = args.paddlex_python or os.environ.get("RAYSEGMENT_PADDLEX_PYTHON")
+    if not python:
+        raise SystemExit("pass --paddlex-python (a Python with paddlex and its serving plugin installed)")
+    model_dir = os.path.abspath(args.model_dir or BUNDLED_MODEL)
+    name = read_model_folder(model_dir).model_name
+    pipeline = os.path.join(work, "pipeline.yaml")
+    with open(pipeline, "w") as f:
+        f.write(PADDLEX_PIPELINE.format(name=name, model_dir=model_dir))
+    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
+    bodies = [json.dumps({"image": base64.b64encode(open(p, "rb").read()).decode(), "visualize": False}).encode() for p in samples]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    servers = {
+        "paddlex": [os.path.join(os.path.dirname(python), "paddlex"), "--serve", "--pipeline", pipeline, "--host", "127.0.0.1",
+                    "--port", str(port), "--device", "cpu"],
+        "raysegment": [sys.executable, os.path.join(ROOT, "jobs", "serve.py"), "--model-dir", model_dir, "--port", str(port)],
+    }
+    rows = {}
+    for server, cmd in servers.items():
+        with open(os.path.join(work, f"{server}.log"), "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""})
+        try:
+            deadline = time.time() + 300
+            while True:
+                try:
+                    request = urllib.request.Request(f"{url}/semantic-segmentation", bodies[0], {"Content-Type": "application/json"})
+                    with urllib.request.urlopen(request, timeout=60):
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        raise SystemExit(f"{server} server did not answer; see {os.path.join(work, server + '.log')}") from None
+                    time.sleep(1)
+            load_test(url, bodies, 4, 16, 60)  # warm-up
+            for clients in (1, 8, 32):
+                rows[f"{server}, {clients} clients"] = load_test(url, bodies, clients, max(args.requests, 4 * clients), args.seconds)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    ratio = rows["raysegment, 32 clients"]["requests_per_s"] / rows["paddlex, 32 clients"]["requests_per_s"]
+    print_table(f"paddlex-serve benchmark: POST /semantic-segmentation, base64 JPEGs 480x360, visualize false, {name}, "
+                f"default settings of both, {os.cpu_count()} CPUs; closed loop, at most {args.requests} requests or {args.seconds:g} s per row",
+                ("server, clients", "req/s", "p50 ms", "p99 ms", "errors", "requests"),
+                [(k, r["requests_per_s"], round(r["p50_ms"]), round(r["p99_ms"]), r["errors"], r["requests"]) for k, r in rows.items()])
+    print(f"raysegment / PaddleX at 32 clients: {ratio:.2f}")
+    return {"model": name, "rows": rows, "raysegment_over_paddlex_32": ratio}
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", help="where to write the results (default output/benchmarks/<benchmark>.json)")
-    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,serve,models,paddlex}")
+    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,serve,models,paddlex,paddlex-serve}")
 
     def add(name, fn, help, n=None, batch_size=None, model=False):
         s = sub.add_parser(name, help=help)
@@ -662,6 +740,10 @@ def parser():
     s = add("paddlex", bench_paddlex, "whole-process bulk prediction against PaddleX", n=300, model=True)
     s.add_argument("--paddlex-python", help="a Python with paddlex installed (default: $RAYSEGMENT_PADDLEX_PYTHON)")
     s.add_argument("--images", help="folder of images to cycle through (default: the bundled samples)")
+    s = add("paddlex-serve", bench_paddlex_serve, "Serve app (defaults) against paddlex --serve", model=True)
+    s.add_argument("--paddlex-python", help="a Python with paddlex and its serving plugin (default: $RAYSEGMENT_PADDLEX_PYTHON)")
+    s.add_argument("--requests", type=int, default=200, help="most requests per row")
+    s.add_argument("--seconds", type=float, default=30, help="most seconds per row")
     s = add("models", bench_models, "every registered model: params, GFLOPs, CPU images/s")
     s.add_argument("--models", help="comma-separated names (default: every registered model)")
     s.add_argument("--size", type=int, default=512, help="square input size")

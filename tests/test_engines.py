@@ -52,6 +52,19 @@ def test_default_picks_per_shape_and_says_why(inference_dir, caplog):
     assert [r.getMessage() for r in caplog.records if "input 96x160" in r.getMessage()]
 
 
+def test_a_second_load_takes_the_choice_made_on_this_machine(inference_dir):
+    first = raysegment.create_model(model_dir=inference_dir, device="cpu", cpu_threads=1)
+    x = _inputs(first, 80, 112)
+    first.predictor.engine(x)
+    again = raysegment.create_model(model_dir=inference_dir, device="cpu", cpu_threads=1).predictor.engine
+    out = again(x)
+    chosen = again.by_shape[(80, 112)]
+    assert chosen.name == first.predictor.engine.by_shape[(80, 112)].name
+    assert again.notes[(80, 112)] == first.predictor.engine.notes[(80, 112)] + " (chosen earlier on this machine)"
+    assert again._paddle is None or chosen.name.startswith("paddle:")  # no race, no Paddle reference unless chosen
+    assert (out == first.predictor.engine.paddle(x)).mean() >= 0.999
+
+
 def test_static_shape_models_convert_per_shape_and_cap_it(inference_dir):
     """PP-LiteSeg's adaptive pooling converts only at a static size: one cached ONNX file per shape,
     the dynamic try recorded as failed once, and past MAX_STATIC_SHAPES the rest stay on Paddle."""

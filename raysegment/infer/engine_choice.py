@@ -8,12 +8,17 @@ default, which per input shape runs the fastest installed engine whose masks equ
 
 Unpinned, the first batch of each input shape runs on Paddle (its answer is returned) and on each
 installed candidate; a candidate whose label maps differ from Paddle's on more than 0.1% of the
-pixels is dropped, and the fastest of the rest serves that shape from then on. Pinned, the one engine
+pixels is dropped, and the fastest of the rest serves that shape from then on. The choice is kept
+beside the ONNX files (per folder, shape, device, threads, request and runtime versions), so a
+process that loads the model again on this machine (a restarted replica, the next bulk actor)
+takes it without the race and without building the Paddle engine at all. Pinned, the one engine
 serves every shape once it runs the model and (in fp32) gives Paddle's masks; otherwise Paddle does,
 after one warning line. The choice and its reason are `run_mode` and `reason`, which the bulk
 job's _SUCCESS.json and Serve's /ready report.
 """
 
+import importlib.metadata
+import json
 import logging
 import os
 import time
@@ -21,7 +26,7 @@ import time
 
 from . import runtimes
 from .engines import PROBE_AGREEMENT, InferenceEngine, default_cpu_threads
-from .onnx_export import ConversionError, onnx_file
+from .onnx_export import ConversionError, cache_dir, folder_key, onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +42,27 @@ def open_engine(info, device, spec):
     if device[0] == "gpu" and spec.precision == "bf16":
         raise ValueError("precision bf16 is a CPU mode (AMX / AVX-512-BF16); on GPU use fp32 or fp16")
     threads = spec.cpu_threads or default_cpu_threads()
-    paddle = InferenceEngine(info.graph_file, info.params_file, device, spec.paddle_run_mode, threads)
     if spec.engine == "paddle" or spec.run_mode:
-        return paddle
-    return ChosenEngine(info, device, spec, paddle, threads)
+        return InferenceEngine(info.graph_file, info.params_file, device, spec.paddle_run_mode, threads)
+    return ChosenEngine(info, device, spec, threads)
 
 
 class ChosenEngine:
-    def __init__(self, info, device, spec, paddle, threads):
-        self.info, self.device, self.spec, self.paddle, self.threads = info, device, spec, paddle, threads
+    def __init__(self, info, device, spec, threads):
+        self.info, self.device, self.spec, self.threads = info, device, spec, threads
         self.candidates = [spec.engine] if spec.engine else self._installed()
         self.by_shape, self.notes = {}, {}  # (h, w) -> engine, its reason
         self._runtimes, self._onnx = {}, {}  # (engine name, onnx path) -> runtime; shape | None -> path or error
+        self._paddle = None
         if not self.candidates:
             self.notes[None] = "no onnxruntime/openvino (with paddle2onnx) installed; Paddle runs every shape"
+
+    @property
+    def paddle(self):
+        """The Paddle engine: the reference every candidate is checked against, made on first need."""
+        if self._paddle is None:
+            self._paddle = InferenceEngine(self.info.graph_file, self.info.params_file, self.device, self.spec.paddle_run_mode, self.threads)
+        return self._paddle
 
     def _installed(self):
         if self.device[0] == "gpu":
@@ -66,7 +78,7 @@ class ChosenEngine:
 
     @property
     def reason(self):
-        return "; ".join(self.notes.values()) or f"candidates: paddle ({self.paddle.run_mode}), {', '.join(self.candidates)}"
+        return "; ".join(self.notes.values()) or f"candidates: {', '.join(self.candidates)}, each checked against Paddle"
 
     @property
     def reasons(self):
@@ -78,7 +90,29 @@ class ChosenEngine:
 
     def __call__(self, batch):
         engine = self.by_shape.get(batch.shape[2:])
+        if engine is None:
+            engine = self._checked_before(batch.shape[2:])
         return engine(batch) if engine is not None else self._choose(batch)
+
+    def _verdict_file(self, shape):
+        """Where this machine keeps the choice for this folder, shape, device, threads and request."""
+        versions = "_".join(_version(name) for name in ("onnxruntime", "openvino"))
+        tag = f"{shape[0]}x{shape[1]}_{self.device[0]}{self.device[1] or ''}_{self.threads}t_{self.spec.engine or 'auto'}_{self.spec.precision}"
+        return os.path.join(cache_dir(), f"{folder_key(self.info)}_{tag}_{versions}.choice.json")
+
+    def _checked_before(self, shape):
+        """The engine this machine chose earlier for this shape (a Serve replica or bulk actor that
+        starts again skips the race and the Paddle reference), or None."""
+        try:
+            with open(self._verdict_file(shape), encoding="utf-8") as f:
+                verdict = json.load(f)
+            name = verdict["engine"]
+            engine = self.paddle if name.startswith("paddle:") else self._runtime(name.split(":")[0], shape)
+        except Exception:  # none yet, unreadable, or a runtime that no longer loads here: choose again
+            return None
+        self.by_shape[shape], self.notes[shape] = engine, f"{verdict['note']} (chosen earlier on this machine)"
+        log.info("%s: %s", os.path.dirname(self.info.graph_file), self.notes[shape])
+        return engine
 
     def _choose(self, batch):
         shape = batch.shape[2:]
@@ -108,6 +142,7 @@ class ChosenEngine:
         what = "the pinned engine" if self.spec.engine else "the fastest engine whose masks equal Paddle's"
         note = f"input {shape[0]}x{shape[1]}: {best}, {what}" + (f" ({timed})" if timed else "") + "".join(f"; {d}" for d in dropped)
         self.notes[shape] = note
+        _write_json(self._verdict_file(shape), {"engine": best, "note": note})
         pinned_lost = self.spec.engine and best == self.paddle.name
         (log.warning if pinned_lost else log.info)("%s: %s", os.path.dirname(self.info.graph_file), note)
         return answer
@@ -135,6 +170,21 @@ class ChosenEngine:
             if not isinstance(self._onnx[key], Exception):
                 return self._onnx[key]
         raise self._onnx[shape]
+
+
+def _version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def _write_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
 
 
 def _best_seconds(engine, batch, runs=2):

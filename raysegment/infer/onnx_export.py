@@ -38,7 +38,7 @@ def cache_dir():
 def onnx_file(info, shape=None):
     """Path of the ONNX file for `info`'s folder (shape None: dynamic height and width, else
     (h, w)), converting it on first use; ConversionError says why when paddle2onnx cannot."""
-    path = os.path.join(cache_dir(), f"{_folder_key(info)}_{'x'.join(map(str, shape)) if shape else 'dynamic'}.onnx")
+    path = os.path.join(cache_dir(), f"{folder_key(info)}_{'x'.join(map(str, shape)) if shape else 'dynamic'}.onnx")
     failed = path + ".failed"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with _file_lock(path + ".lock"):  # actors on one machine convert once, the others wait for it
@@ -66,14 +66,22 @@ def _convert_in_child(model_dir, path, shape, failed):
             f.write(f"paddle2onnx cannot convert {model_dir} ({'x'.join(map(str, shape)) if shape else 'dynamic shape'}): {reason[:300]}")
 
 
-def _folder_key(info):
+def folder_key(info):
+    """The model name and a digest of the folder's graph and weights (and the paddle2onnx version)."""
+    files = tuple((name, os.stat(name).st_mtime_ns, os.stat(name).st_size) for name in (info.graph_file, info.params_file))
+    if files in _KEYS:
+        return _KEYS[files]
     digest = hashlib.sha256()
     for name in (info.graph_file, info.params_file):
         with open(name, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
     digest.update(importlib.metadata.version("paddle2onnx").encode())
-    return f"{info.model_name}_{digest.hexdigest()[:16]}"
+    _KEYS[files] = key = f"{info.model_name}_{digest.hexdigest()[:16]}"
+    return key
+
+
+_KEYS = {}  # ((file, mtime, size), ...) -> folder_key: each folder hashed once per process
 
 
 @contextlib.contextmanager
