@@ -9,7 +9,6 @@ import paddle
 import pytest
 
 import raysegment
-from raysegment.infer import export_model
 from raysegment.infer.engine_choice import MAX_STATIC_SHAPES
 from raysegment.infer.model_files import read_model_folder
 from raysegment.infer.onnx_export import ConversionError, cache_dir, onnx_file
@@ -93,13 +92,22 @@ def test_adaptive_pool_is_exact_when_traced_at_a_static_size():
 
 @pytest.fixture(scope="module")
 def foreign_dir(tiny_layer, tmp_path_factory):
-    """The tiny model exported with parameter names unlike a fresh build, as another exporter (PaddleX) names them."""
+    """The tiny model exported by another tool, which names its weights unlike a fresh build (as
+    PaddleX's official folders do): traced straight from a layer whose parameters are renamed."""
+    from raysegment.infer.export import ArgmaxHead
+    from raysegment.infer.model_files import ModelInfo, write_inference_yml
+
     layer = build_model("PP-LiteSeg-T", num_classes=len(CLASS_NAMES))
     layer.set_state_dict(tiny_layer.state_dict())
     for param in layer.parameters():
         param.name = f"other_{param.name}"
     layer.eval()
-    return export_model(layer, str(tmp_path_factory.mktemp("foreign")), "PP-LiteSeg-T", CLASS_NAMES)
+    folder = str(tmp_path_factory.mktemp("foreign"))
+    static = paddle.jit.to_static(ArgmaxHead(layer), input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32", "x")],
+                                  full_graph=True)
+    paddle.jit.save(static, os.path.join(folder, "inference"))
+    write_inference_yml(folder, ModelInfo("PP-LiteSeg-T", CLASS_NAMES), exported=True)
+    return folder
 
 
 def test_an_engine_that_cannot_take_the_model_falls_back_to_paddle(foreign_dir, inference_dir, caplog):

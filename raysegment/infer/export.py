@@ -9,7 +9,7 @@ import os
 import paddle
 
 from ..data.labels import default_class_names
-from ..models import build_model, load_weights, save_weights
+from ..models import build_canonical, build_model, load_weights, save_weights
 from .model_files import CHECKPOINT_PARAMS, ModelInfo, read_model_folder, write_inference_yml
 
 
@@ -42,17 +42,15 @@ def load_checkpoint(folder):
 def export_model(layer, folder, model_name, class_names, transforms=None):
     """Write inference.json + inference.pdiparams + inference.yml to `folder`."""
     info = ModelInfo(model_name, class_names, transforms)
-    was_training = layer.training
-    layer.eval()
-    try:
-        static = paddle.jit.to_static(
-            ArgmaxHead(layer),
-            input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32", "x")],
-            full_graph=True,
-        )
-        paddle.jit.save(static, os.path.join(folder, "inference"))
-    finally:
-        layer.train() if was_training else layer.eval()  # Paddle 3.2's train() takes no mode
+    canonical = build_canonical(model_name, layer.num_classes)  # weight names as a fresh build's (onnx_export.py)
+    load_weights(canonical, layer.state_dict())
+    canonical.eval()
+    static = paddle.jit.to_static(
+        ArgmaxHead(canonical),
+        input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32", "x")],
+        full_graph=True,
+    )
+    paddle.jit.save(static, os.path.join(folder, "inference"))
     write_inference_yml(folder, info, exported=True)
     return folder
 

@@ -4,7 +4,7 @@ paddle2onnx 2.1 converts Paddle 3's PIR graphs, with two limits measured here: i
 pooling (PP-LiteSeg's pyramid pooling) unless the input height and width are static, which an
 exported folder's graph never has, and it aborts the whole process (SIGABRT) on a graph it cannot
 take. So the graph is traced again from the architecture code with the folder's weights (their names
-match a fresh build: models.build_model), with dynamic height and width when paddle2onnx takes that
+match a fresh build: models.build_canonical), with dynamic height and width when paddle2onnx takes that
 and else one graph per input shape, and each conversion runs in a child process:
 
     python -m raysegment.infer.onnx_export MODEL_DIR OUT.onnx [HEIGHT WIDTH]
@@ -113,10 +113,10 @@ def folder_weights(info):
 
 def folder_layer(info):
     """The folder's model as a paddle.nn.Layer: a fresh build of info.model_name with the folder's weights."""
-    from ..models import build_model
+    from ..models import build_canonical
 
     weights = folder_weights(info)
-    layer = build_model(info.model_name, info.num_classes)
+    layer = build_canonical(info.model_name, info.num_classes)
     params = {p.name: p for p in layer.state_dict().values()}
     unknown = [n for n in weights if n not in params or tuple(params[n].shape) != weights[n].shape]
     if unknown:

@@ -1,6 +1,8 @@
 """ONNX Runtime and OpenVINO engines over an ONNX file (infer/onnx_export.py makes it):
 (N, 3, H, W) float32 -> (N, H, W) int32 label maps, as the Paddle engines."""
 
+import os
+
 import numpy as np
 
 # precision -> OpenVINO's INFERENCE_PRECISION_HINT. Stated always: on CPUs with AMX, OpenVINO's
@@ -23,7 +25,10 @@ class OnnxRuntimeEngine:
         options.log_severity_level = 3
         if device[0] == "gpu":
             available = ort.get_available_providers()
-            trt = {"device_id": device[1], "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True}
+            from .onnx_export import cache_dir
+
+            trt = {"device_id": device[1], "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
+                   "trt_engine_cache_path": os.path.join(cache_dir(), "tensorrt")}
             wanted = [(p, o) for p, o in (("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", {"device_id": device[1]}))
                       if p in available and (p.startswith("Tensorrt") or precision != "fp16")]
             if not wanted:

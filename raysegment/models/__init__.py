@@ -44,20 +44,23 @@ def check_model_name(name):
 
 
 def build_model(name, num_classes=None, **kw):
-    """Build `name` with `num_classes` outputs (None: the published default, 19 or 150).
-
-    Parameter names (conv2d_0.w_0, ...) start from 0 in every build, so an exported graph names
-    its weights the same way whatever the process built before (infer/onnx_export.py relies on it).
-    """
-    import paddle
-
+    """Build `name` with `num_classes` outputs (None: the published default, 19 or 150)."""
     builder = MODELS[check_model_name(name)]
     if num_classes is not None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         kw["num_classes"] = num_classes
+    return builder(**kw)
+
+
+def build_canonical(name, num_classes=None):
+    """build_model with Paddle's generated parameter names (conv2d_0.w_0, ...) counted from 0, as in
+    a fresh process: what export traces, so an exported graph names its weights the same way
+    whatever its process built before (infer/onnx_export.py maps them back by these names)."""
+    import paddle
+
     with paddle.utils.unique_name.guard():
-        return builder(**kw)
+        return build_model(name, num_classes)
 
 
-__all__ = ["MODELS", "build_model", "check_model_name", "load_weights", "save_weights", "UnknownModelError", "WeightsError"]
+__all__ = ["MODELS", "build_canonical", "build_model", "check_model_name", "load_weights", "save_weights", "UnknownModelError", "WeightsError"]
