@@ -37,6 +37,17 @@ def test_pinned_engine_gives_paddles_masks(inference_dir, engine):
     assert len(np.unique(second)) > 1
 
 
+def test_swin_models_convert_with_their_built_in_tensors(maskformer_dir):
+    """MaskFormer's Swin backbone makes tensors at build time (relative position indices), which the
+    graph names by a counter of their own: they pair up with a fresh build's, one dynamic ONNX file."""
+    assert onnx_file(read_model_folder(maskformer_dir)).endswith("_dynamic.onnx")
+    model = raysegment.create_model(model_dir=maskformer_dir, engine="onnxruntime")
+    x = _inputs(model, 64, 96, n=1)
+    reference = model.predictor.engine(x)  # Paddle's, while ONNX Runtime is checked against it
+    assert model.predictor.engine.run_mode == "onnxruntime"
+    assert (model.predictor.engine(x) == reference).mean() >= 0.999
+
+
 def test_default_picks_per_shape_and_says_why(inference_dir, caplog):
     model = raysegment.create_model(model_dir=inference_dir, device="cpu")
     engine = model.predictor.engine

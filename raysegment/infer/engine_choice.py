@@ -97,7 +97,8 @@ class ChosenEngine:
     def _verdict_file(self, shape):
         """Where this machine keeps the choice for this folder, shape, device, threads and request."""
         versions = "_".join(_version(name) for name in ("onnxruntime", "openvino"))
-        tag = f"{shape[0]}x{shape[1]}_{self.device[0]}{self.device[1] or ''}_{self.threads}t_{self.spec.engine or 'auto'}_{self.spec.precision}"
+        device = self.device[0] if self.device[1] is None else f"{self.device[0]}{self.device[1]}"
+        tag = f"{shape[0]}x{shape[1]}_{device}_{self.threads}t_{self.spec.engine or 'auto'}_{self.spec.precision}"
         return os.path.join(cache_dir(), f"{folder_key(self.info)}_{tag}_{versions}.choice.json")
 
     def _checked_before(self, shape):
@@ -117,21 +118,21 @@ class ChosenEngine:
     def _choose(self, batch):
         shape = batch.shape[2:]
         answer = self.paddle(batch)
-        timings, runs, dropped = {}, {self.paddle.name: self.paddle}, []
+        timings, runs, remarks = {}, {self.paddle.name: self.paddle}, []  # remarks: what was dropped, and why
         for name in self.candidates:
             try:
                 engine = self._runtime(name, shape)
                 agreement = float((engine(batch) == answer).mean())
             except Exception as e:  # conversion, compilation or run failures, from several libraries
-                dropped.append(f"{name} cannot run it ({_first_line(e)})")
+                remarks.append(f"{name} cannot run it ({_first_line(e)})")
                 continue
             opted_in = self.spec.precision != "fp32"
             if agreement < PROBE_AGREEMENT and not opted_in:
-                dropped.append(f"{engine.name} gave Paddle's label on only {agreement:.2%} of the pixels")
+                remarks.append(f"{engine.name} gave Paddle's label on only {agreement:.2%} of the pixels")
                 continue
             runs[engine.name] = engine
             if opted_in:
-                dropped.append(f"{engine.name} agrees with Paddle fp32 on {agreement:.2%} of the pixels")
+                remarks.append(f"{engine.name} agrees with Paddle fp32 on {agreement:.2%} of the pixels")
         if self.spec.engine and len(runs) > 1:  # pinned, and it runs: no race
             best = next(name for name in runs if name != self.paddle.name)
         else:
@@ -140,7 +141,7 @@ class ChosenEngine:
         self.by_shape[shape] = runs[best]
         timed = ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in sorted(timings.items(), key=lambda kv: kv[1]))
         what = "the pinned engine" if self.spec.engine else "the fastest engine whose masks equal Paddle's"
-        note = f"input {shape[0]}x{shape[1]}: {best}, {what}" + (f" ({timed})" if timed else "") + "".join(f"; {d}" for d in dropped)
+        note = f"input {shape[0]}x{shape[1]}: {best}, {what}" + (f" ({timed})" if timed else "") + "".join(f"; {r}" for r in remarks)
         self.notes[shape] = note
         _write_json(self._verdict_file(shape), {"engine": best, "note": note})
         pinned_lost = self.spec.engine and best == self.paddle.name

@@ -25,6 +25,7 @@ import sys
 CACHE_ENV = "RAYSEGMENT_CACHE_DIR"
 OPSET = 17
 CONVERT_TIMEOUT_S = 900
+GENERATED = "generated_tensor_"  # Paddle's name for tensors made with paddle.to_tensor
 
 
 class ConversionError(RuntimeError):
@@ -118,6 +119,12 @@ def folder_layer(info):
     weights = folder_weights(info)
     layer = build_canonical(info.model_name, info.num_classes)
     params = {p.name: p for p in layer.state_dict().values()}
+    # Tensors a model makes at build time (Swin's relative position index) are named by a counter no
+    # guard resets; they follow from the architecture, so they pair up in creation order
+    made = sorted((n for n in params if n.startswith(GENERATED)), key=_counter)
+    captured = sorted((n for n in weights if n.startswith(GENERATED)), key=_counter)
+    if len(made) == len(captured):
+        params.update({old: params.pop(new) for old, new in zip(captured, made)})
     unknown = [n for n in weights if n not in params or tuple(params[n].shape) != weights[n].shape]
     if unknown:
         raise ConversionError(f"{len(unknown)} weights of {info.graph_file} (e.g. {unknown[0]}) do not match a fresh "
@@ -126,6 +133,10 @@ def folder_layer(info):
         params[name].set_value(value)
     layer.eval()
     return layer
+
+
+def _counter(name):
+    return int(name.rsplit("_", 1)[1])
 
 
 def convert(model_dir, path, shape=None):
