@@ -585,6 +585,18 @@ def bench_models(args, work):
     return {"size": size, "cpu_threads": threads, "image": sample, "models": rows}
 
 
+def paddlex_side_by_side(args):
+    """(PaddleX's Python, the absolute model folder, its model name) for the paddlex benchmarks."""
+    from raysegment.infer.model_files import read_model_folder
+
+    python = args.paddlex_python or os.environ.get("RAYSEGMENT_PADDLEX_PYTHON")
+    if not python:
+        raise SystemExit("pass --paddlex-python (a Python with paddlex installed, and for paddlex-serve its serving "
+                         "plugin: paddlex --install serving)")
+    model_dir = os.path.abspath(args.model_dir or BUNDLED_MODEL)
+    return python, model_dir, read_model_folder(model_dir).model_name
+
+
 PADDLEX_SCRIPT = """
 import sys
 from paddlex import create_model
@@ -599,13 +611,7 @@ def bench_paddlex(args, work):
     """Whole processes side by side on the same N images: PaddleX (its own virtualenv, its CPU
     default) predict + save_to_img + save_to_json, against jobs/predict.py with its defaults, run
     twice: with an empty engine cache (ONNX conversion included) and with the cache it left."""
-    from raysegment.infer.model_files import read_model_folder
-
-    python = args.paddlex_python or os.environ.get("RAYSEGMENT_PADDLEX_PYTHON")
-    if not python:
-        raise SystemExit("pass --paddlex-python (a Python with paddlex installed, e.g. /tmp/pdx/bin/python)")
-    model_dir = args.model_dir or BUNDLED_MODEL
-    name = read_model_folder(model_dir).model_name
+    python, model_dir, name = paddlex_side_by_side(args)
     images = os.path.join(work, "images")
     os.makedirs(images)
     source = args.images or SAMPLES
@@ -662,13 +668,7 @@ def bench_paddlex_serve(args, work):
     import socket
     import urllib.request
 
-    from raysegment.infer.model_files import read_model_folder
-
-    python = args.paddlex_python or os.environ.get("RAYSEGMENT_PADDLEX_PYTHON")
-    if not python:
-        raise SystemExit("pass --paddlex-python (a Python with paddlex and its serving plugin installed)")
-    model_dir = os.path.abspath(args.model_dir or BUNDLED_MODEL)
-    name = read_model_folder(model_dir).model_name
+    python, model_dir, name = paddlex_side_by_side(args)
     pipeline = os.path.join(work, "pipeline.yaml")
     with open(pipeline, "w") as f:
         f.write(PADDLEX_PIPELINE.format(name=name, model_dir=model_dir))

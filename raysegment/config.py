@@ -153,10 +153,8 @@ class PredictSection:
 
     def engine_spec(self, cpu_threads=None):
         """The EngineSpec these keys ask for (cpu_threads: the actor's, unless engine_config says)."""
-        hpi = dataclasses.asdict(self.hpi_config)
-        return engine_spec(self.engine, dataclasses.asdict(self.engine_config), self.use_hpip,
-                           hpi if hpi["backend"] or any(hpi["backend_config"].values()) else None,
-                           self.kernel_option.run_mode, self.engine_config.cpu_threads or cpu_threads)
+        return engine_spec(self.engine, dataclasses.asdict(self.engine_config), self.use_hpip, dataclasses.asdict(self.hpi_config),
+                           self.kernel_option.run_mode, default_cpu_threads=cpu_threads)
 
 
 @dataclass
@@ -194,7 +192,7 @@ class ServeOptions:
 
     def engine_spec(self, cpu_threads=None):
         return engine_spec(self.engine, dataclasses.asdict(self.engine_config), run_mode=self.run_mode,
-                           cpu_threads=self.engine_config.cpu_threads or cpu_threads)
+                           default_cpu_threads=cpu_threads)
 
     # dynamic batching: a forward pass takes up to max_batch_size waiting requests; 1 turns it off
     max_batch_size: int = field(default=8, metadata=_min(1))

@@ -25,7 +25,7 @@ import time
 
 
 from . import runtimes
-from .engines import PROBE_AGREEMENT, InferenceEngine, default_cpu_threads
+from .engines import PROBE_AGREEMENT, InferenceEngine, default_cpu_threads, error_line
 from .onnx_export import ConversionError, cache_dir, folder_key, onnx_file
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,6 @@ class ChosenEngine:
     def reasons(self):
         return list(self.notes.values()) or [self.reason]
 
-    @property
-    def name(self):
-        return self.run_mode
-
     def __call__(self, batch):
         engine = self.by_shape.get(batch.shape[2:])
         if engine is None:
@@ -124,7 +120,7 @@ class ChosenEngine:
                 engine = self._runtime(name, shape)
                 agreement = float((engine(batch) == answer).mean())
             except Exception as e:  # conversion, compilation or run failures, from several libraries
-                remarks.append(f"{name} cannot run it ({_first_line(e)})")
+                remarks.append(f"{name} cannot run it ({error_line(e)})")
                 continue
             opted_in = self.spec.precision != "fp32"
             if agreement < PROBE_AGREEMENT and not opted_in:
@@ -195,10 +191,6 @@ def _best_seconds(engine, batch, runs=2):
         engine(batch)
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def _first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 __all__ = ["ChosenEngine", "open_engine"]

@@ -55,28 +55,32 @@ class EngineSpec:
         return self.run_mode
 
 
-def engine_spec(engine=None, engine_config=None, use_hpip=False, hpi_config=None, run_mode=None, cpu_threads=None):
+def engine_spec(engine=None, engine_config=None, use_hpip=False, hpi_config=None, run_mode=None, cpu_threads=None,
+                default_cpu_threads=None):
     """PaddleX's engine keywords (plus our run_mode / cpu_threads shorthands) -> EngineSpec, or a
-    ValueError naming the key or value that is not taken."""
+    ValueError naming the key or value that is not taken. default_cpu_threads: what the caller's
+    process may use (an actor's or replica's threads), when no key says."""
     if engine not in PADDLEX_ENGINE_NAMES and engine is not None:
         raise ValueError(f"engine {engine!r} is not available; available: {', '.join(PADDLEX_ENGINE_NAMES)} (None: pick the fastest)")
     config = _checked(engine_config, ENGINE_CONFIG_KEYS, "engine_config")
     name = PADDLEX_ENGINE_NAMES.get(engine)
-    if hpi_config:
+    hpi = _checked(hpi_config, HPI_CONFIG_KEYS, "hpi_config")
+    backend_config = _checked(hpi.get("backend_config"), ENGINE_CONFIG_KEYS, "hpi_config backend_config")
+    if hpi.get("backend") is not None or backend_config:  # auto_config alone asks for nothing
         if not use_hpip and engine != "hpi":
             raise ValueError("hpi_config applies with use_hpip=True or engine='hpi'")
-        hpi = _checked(hpi_config, HPI_CONFIG_KEYS, "hpi_config")
         if hpi.get("backend") is not None:
             if hpi["backend"] not in ENGINES:
                 raise ValueError(f"hpi_config backend {hpi['backend']!r} is not one of {', '.join(ENGINES)}")
             name = hpi["backend"]
-        config = {**_checked(hpi.get("backend_config"), ENGINE_CONFIG_KEYS, "hpi_config backend_config"), **config}
+        config = {**backend_config, **config}
     for key, value in (("run_mode", run_mode), ("cpu_threads", cpu_threads)):
         if value is not None and config.get(key, value) != value:
             raise ValueError(f"{key}={value!r} and engine_config {key} {config[key]!r} disagree; pass one")
         if value is not None:
             config[key] = value
-    return EngineSpec(name, config.get("run_mode"), config.get("precision") or "fp32", config.get("cpu_threads"))
+    return EngineSpec(name, config.get("run_mode"), config.get("precision") or "fp32",
+                      config.get("cpu_threads") or default_cpu_threads)
 
 
 def _checked(mapping, keys, what):

@@ -101,7 +101,7 @@ class InferenceEngine(_Reported):
                 self._predictor, _ = self._open(run_mode)
             except Exception as e:  # Paddle raises several types from its C++ side
                 raise RuntimeError(f"run_mode {run_mode!r} cannot run {os.path.dirname(graph_file)}: "
-                                   f"{paddle_error(e)}; leave run_mode unset to pick one that can") from e
+                                   f"{error_line(e)}; leave run_mode unset to pick one that can") from e
         else:
             self._pick_cpu_mode()
 
@@ -111,7 +111,7 @@ class InferenceEngine(_Reported):
             fast, fast_mask = self._open("mkldnn")
             agreement = float((fast_mask == plain_mask).mean())
         except Exception as e:  # Paddle raises several types from its C++ side
-            agreement, failure = None, paddle_error(e)
+            agreement, failure = None, error_line(e)
         if agreement is not None and agreement >= PROBE_AGREEMENT:
             self.run_mode, self.reason, self._predictor = "mkldnn", f"oneDNN gave plain Paddle's masks on the probe ({agreement:.2%})", fast
         else:
@@ -152,7 +152,7 @@ class InferenceEngine(_Reported):
         except Exception as e:  # an unpinned oneDNN that passed the probe but fails on this shape
             if self.pinned or self.run_mode != "mkldnn":
                 raise
-            failure = paddle_error(e)
+            failure = error_line(e)
             self.run_mode, self.reason = "paddle", f"oneDNN fails on input {list(batch.shape)} ({failure}); running plain Paddle"
             log.warning("%s: %s", os.path.dirname(self.files[0]), self.reason)
             self._predictor = self._create("paddle")
@@ -167,10 +167,11 @@ class InferenceEngine(_Reported):
         return p.get_output_handle(p.get_output_names()[0]).copy_to_cpu()
 
 
-def paddle_error(error):
-    """The line of a Paddle C++ error that says what went wrong (its first line is often "In user code:")."""
+def error_line(error):
+    """The line of an engine's error that says what went wrong (a Paddle C++ error's first line is
+    often "In user code:")."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and line.strip() != "In user code:"]
-    return next((line for line in lines if "Error:" in line), lines[0] if lines else type(error).__name__)[:200]
+    return next((line for line in lines if "Error:" in line), lines[0] if lines else type(error).__name__)[:300]
 
 
 @contextlib.contextmanager

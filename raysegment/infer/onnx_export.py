@@ -25,6 +25,7 @@ import sys
 CACHE_ENV = "RAYSEGMENT_CACHE_DIR"
 OPSET = 17
 CONVERT_TIMEOUT_S = 900
+CONVERTER_REVISION = 2  # bump when convert() changes, so files and failures cached by an older one are redone
 GENERATED = "generated_tensor_"  # Paddle's name for tensors made with paddle.to_tensor
 
 
@@ -39,7 +40,7 @@ def cache_dir():
 def onnx_file(info, shape=None):
     """Path of the ONNX file for `info`'s folder (shape None: dynamic height and width, else
     (h, w)), converting it on first use; ConversionError says why when paddle2onnx cannot."""
-    path = os.path.join(cache_dir(), f"{folder_key(info)}_{'x'.join(map(str, shape)) if shape else 'dynamic'}.onnx")
+    path = os.path.join(cache_dir(), f"{folder_key(info)}_{_shape_tag(shape)}.onnx")
     failed = path + ".failed"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with _file_lock(path + ".lock"):  # actors on one machine convert once, the others wait for it
@@ -64,11 +65,15 @@ def _convert_in_child(model_dir, path, shape, failed):
         reason = " ".join(line.removeprefix("[ERROR][Paddle2ONNX] ") for line in lines if line.startswith("[ERROR]")) \
             or (lines[-1] if lines else f"exit status {done.returncode}")
         with open(failed, "w", encoding="utf-8") as f:
-            f.write(f"paddle2onnx cannot convert {model_dir} ({'x'.join(map(str, shape)) if shape else 'dynamic shape'}): {reason[:300]}")
+            f.write(f"paddle2onnx cannot convert {model_dir} ({_shape_tag(shape)}): {reason[:300]}")
+
+
+def _shape_tag(shape):
+    return "x".join(map(str, shape)) if shape else "dynamic"
 
 
 def folder_key(info):
-    """The model name and a digest of the folder's graph and weights (and the paddle2onnx version)."""
+    """The model name and a digest of the folder's graph and weights, the paddle2onnx version and CONVERTER_REVISION."""
     files = tuple((name, os.stat(name).st_mtime_ns, os.stat(name).st_size) for name in (info.graph_file, info.params_file))
     if files in _KEYS:
         return _KEYS[files]
@@ -77,7 +82,7 @@ def folder_key(info):
         with open(name, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
-    digest.update(importlib.metadata.version("paddle2onnx").encode())
+    digest.update(f"{importlib.metadata.version('paddle2onnx')} {CONVERTER_REVISION}".encode())
     _KEYS[files] = key = f"{info.model_name}_{digest.hexdigest()[:16]}"
     return key
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..data import transforms as T
 from ..models import build_model, check_model_name, load_weights
+from .engine_choice import open_engine
 from .engine_spec import EngineSpec
 from .engines import LayerEngine, resolve_device
 from .model_files import ModelFolderError, ModelInfo, read_model_folder
@@ -48,8 +49,6 @@ class Predictor:
     def load(cls, model_dir, model_name=None, device=None, target_size=None, num_classes=None, engine=None):
         """From an exported inference folder (the engine `engine`, an EngineSpec, asks for; by default
         the fastest that gives Paddle's masks) or a checkpoint folder (dygraph)."""
-        from .engine_choice import open_engine
-
         spec = engine or EngineSpec()
         info = read_model_folder(model_dir, num_classes)
         if model_name is not None and check_model_name(model_name) != info.model_name:
