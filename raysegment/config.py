@@ -162,15 +162,17 @@ class RaySection:
     """Ray resources; the only place (with jobs/) where resource numbers live."""
 
     address: str | None = None  # None: connect to RAY_ADDRESS or start a local Ray
-    num_workers: int = field(default=1, metadata=_min(0))  # training workers; 0: in this process, no Ray
+    # null: chosen from the cluster's nodes when the job starts (ray_env.py); a value set wins, and
+    # one that cannot fit the cluster is refused with the largest that would
+    num_workers: int | None = field(default=None, metadata=_min(0))  # training workers; 0: in this process, no Ray; null: one per node (CPU), one per GPU
     use_gpu: bool = False
-    cpus_per_worker: float = field(default=1.0, metadata=_min(0.0))
+    cpus_per_worker: float | None = field(default=None, metadata=_min(0.0))  # null: the node's CPUs shared out, 0.5 kept for data tasks
     predict_batch_size: int = field(default=8, metadata=_min(1))  # images per actor call
-    predict_concurrency: int = field(default=1, metadata=_min(1))  # predictor actors
-    gpus_per_actor: float | None = field(default=None, metadata=_min(0.0))  # None: 1 when Global.device is gpu, else 0
-    cpus_per_actor: float = field(default=1.0, metadata=_min(0.0))
-    # Paddle threads per actor; None: cpus_per_actor. Ray reserves CPUs for scheduling only, so an
-    # actor may compute with more threads than it reserves (on 2 cores: reserve 1, compute with 2)
+    predict_concurrency: int | None = field(default=None, metadata=_min(1))  # predictor actors; null: one per CPU (one per GPU on gpu)
+    gpus_per_actor: float | None = field(default=None, metadata=_min(0.0))  # null: 1 when Global.device is gpu, else 0
+    cpus_per_actor: float | None = field(default=None, metadata=_min(0.0))  # null: the cluster's CPUs shared out
+    # Paddle threads per actor; null: the CPUs of its node over the actors placed there. Ray reserves
+    # CPUs for scheduling only, so an actor may compute with more threads than it reserves
     threads_per_actor: int | None = field(default=None, metadata=_min(1))
     max_failures: int = field(default=2, metadata=_min(0))  # training restarts from the last checkpoint
     storage_path: str | None = None  # Ray Train checkpoints (local, shared or s3://); None: Global.output/ray_results
@@ -199,13 +201,13 @@ class ServeOptions:
     batch_wait_timeout_s: float = field(default=0.01, metadata=_min(0.0))
     # requests a replica holds at once (queued + in a batch); at least max_batch_size
     max_ongoing_requests: int = field(default=32, metadata=_min(1))
-    num_replicas: int = field(default=1, metadata=_min(1))
+    num_replicas: int | None = field(default=None, metadata=_min(1))  # null: one per CPU (one per GPU on gpu)
     # Serve's autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, ...);
     # replaces num_replicas when set
     autoscaling: dict | None = None
-    cpus_per_replica: float = field(default=1.0, metadata=_min(0.0))
-    gpus_per_replica: float = field(default=0.0, metadata=_min(0.0))
-    threads_per_replica: int | None = field(default=None, metadata=_min(1))  # None: cpus_per_replica
+    cpus_per_replica: float | None = field(default=None, metadata=_min(0.0))  # null: the cluster's CPUs shared out (1 with autoscaling)
+    gpus_per_replica: float | None = field(default=None, metadata=_min(0.0))  # null: 1 when device is gpu, else 0
+    threads_per_replica: int | None = field(default=None, metadata=_min(1))  # null: its node's CPUs over the replicas there
     target_size: int | list[int] | None = None  # a request's targetSize wins
     visualize: bool = False  # whether answers carry the overlay when a request does not say
     max_body_bytes: int = field(default=20_000_000, metadata=_min(1))

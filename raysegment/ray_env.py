@@ -1,19 +1,91 @@
-"""Connecting to Ray, reading the cluster's resources, and sizing actors, replicas and workers.
+"""Connecting to Ray, reading the cluster's nodes, and sizing actors, replicas and workers to fit them.
 
-`place()` is the one function that turns resource settings into what Ray reserves and what Paddle
-runs with: the CPUs and GPUs each actor, replica or worker reserves, its Paddle thread count and
-the device it computes on. The three front doors read their own keys and call it:
+`size()` is the one function that turns resource settings into what Ray reserves and what Paddle
+runs with. Every setting left unset (null) is chosen from the cluster Ray reports (each alive
+node's CPUs and GPUs); a value the user sets always wins, and one the cluster cannot hold is
+refused with the largest value that would fit. The three front doors read their own keys:
 
-    predict_actors(cfg)      Global.device + Ray.predict_concurrency / cpus_per_actor / gpus_per_actor / threads_per_actor
-    serve_replicas(opts)     ServeOptions device / num_replicas / cpus_per_replica / gpus_per_replica / threads_per_replica
-    train_workers(cfg)       Global.device + Ray.num_workers / use_gpu / cpus_per_worker
+    predict_actors(cfg, cluster)    Global.device + Ray.predict_concurrency / cpus_per_actor / gpus_per_actor / threads_per_actor
+    serve_replicas(opts, cluster)   ServeOptions device / num_replicas / cpus_per_replica / gpus_per_replica / threads_per_replica
+    train_workers(cfg, cluster)     Global.device + Ray.num_workers / use_gpu / cpus_per_worker
 
+Defaults (what `jobs/benchmark.py bulk` measured fastest: on 2 cores, two single-thread
+processes beat one of two threads by 1.2-1.4x):
+
+    process count   on GPUs: one per GPU. Bulk/evaluation actors and Serve replicas on CPUs: one
+                    per whole CPU. Training on CPUs: one worker per node (Paddle's own threads use
+                    the node; more workers on one node only add gradient exchange).
+    CPUs reserved   CPU processes: the cluster's CPUs shared out evenly, after the share kept for
+                    Ray Data's read tasks (`spare`), in steps of 1/20 CPU and at least
+                    MIN_AUTO_CPUS. GPU processes: one CPU each (the rest feed them).
+    Paddle threads  the CPUs of the process's node divided by the processes placed on it.
+    read share      READ_CPUS (0.5 CPU) somewhere in the cluster for training's decode/augment tasks
+                    and for the reads in front of GPU actors; none for CPU actors, which decode
+                    inside themselves (Ray Data fuses the read step into them).
+
+Ray decides where processes go; `Cluster.spread` places them as Ray Data and Serve do (each on the
+node with the most free CPUs that holds it) to judge what fits and how many share a node.
 Nothing here imports Paddle: on Ray, which GPU a process gets is Ray's choice (it sets
 CUDA_VISIBLE_DEVICES), so a process always computes on "gpu" (its first visible GPU) or "cpu".
 """
 
+import math
 import os
 from dataclasses import dataclass
+
+READ_CPUS = 0.5  # what one Ray Data read/decode task reserves (training batches; reads before GPU actors)
+MIN_AUTO_CPUS = 0.25  # the smallest reservation chosen automatically: more processes per core only thrash
+STEP = 20  # reservations are chosen in steps of 1/STEP CPU
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The alive nodes' (CPUs, GPUs) as Ray schedules them."""
+
+    nodes: tuple  # ((cpus, gpus), ...)
+
+    @classmethod
+    def of(cls, ray):
+        return cls(tuple((float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+                         for n in ray.nodes() if n.get("Alive")))
+
+    @property
+    def cpus(self):
+        return sum(c for c, _ in self.nodes)
+
+    @property
+    def gpus(self):
+        return sum(g for _, g in self.nodes)
+
+    def __str__(self):
+        shape = " + ".join(f"{c:g}" for c, _ in self.nodes)
+        many = f"{len(self.nodes)} nodes of {shape}" if len(self.nodes) > 1 else f"1 node of {shape}"
+        return f"{many} CPUs, {self.gpus:g} GPUs"
+
+    def spread(self, count, cpus, gpus, spare=0.0):
+        """Processes per node when `count` processes reserving (cpus, gpus) each go one at a time to
+        the node with the most free CPUs that holds one, and some node still has `spare` CPUs
+        free; None when they do not all fit."""
+        free = [list(node) for node in self.nodes]
+        placed = [0] * len(free)
+        for _ in range(count):
+            fits = [i for i, (c, g) in enumerate(free) if c >= cpus - 1e-9 and g >= gpus - 1e-9]
+            if not fits:
+                return None
+            i = max(fits, key=lambda i: (free[i][1] if gpus else 0, free[i][0]))
+            free[i][0] -= cpus
+            free[i][1] -= gpus
+            placed[i] += 1
+        if spare and max((c for c, _ in free), default=0) < spare - 1e-9:
+            return None
+        return placed
+
+    def most(self, cpus, gpus, spare=0.0):
+        """The most processes reserving (cpus, gpus) each that fit with `spare` CPUs left."""
+        n = 0
+        while self.spread(n + 1, cpus, gpus, spare) is not None and n < 10_000:
+            n += 1
+        return n
 
 
 @dataclass(frozen=True)
@@ -25,7 +97,6 @@ class Placement:
     gpus: float  # Ray GPUs reserved by each
     threads: int  # Paddle CPU threads in each
     device: str  # "cpu" or "gpu"
-    keys: tuple = ("count", "CPUs", "GPUs")  # the settings behind count, cpus and gpus, for messages
 
     @property
     def ray_options(self):
@@ -42,48 +113,126 @@ def parse_device(device):
     raise ValueError(f"device {device!r} is not one of cpu, gpu, gpu:N or gpu:0,1,...")
 
 
-def place(count, cpus, gpus=None, threads=None, device=None, keys=("count", "CPUs", "GPUs", "device")):
-    """The one place where device and thread defaults are decided.
+@dataclass(frozen=True)
+class Keys:
+    """The setting names behind each number, for messages."""
 
-    device None: 'gpu' when each reserves a GPU, else 'cpu'. gpus None: 1 on 'gpu', 0 on 'cpu'.
-    threads None: the reserved CPUs, at least 1. A device that contradicts the GPUs asked for is
-    refused by the names in `keys` (count, cpus, gpus, device).
-    """
+    count: str
+    cpus: str
+    gpus: str
+    device: str
+    threads: str = "threads"
+
+
+def device_and_gpus(device, gpus, keys):
+    """device None: 'gpu' when each process reserves a GPU, else 'cpu'. gpus None: 1 on 'gpu', 0 on
+    'cpu'. A device that contradicts the GPUs asked for is refused by name."""
     kind = parse_device(device)[0] if device else ("gpu" if gpus else "cpu")
     if gpus is None:
         gpus = 1.0 if kind == "gpu" else 0.0
     if kind == "cpu" and gpus:
-        raise ValueError(f"{keys[3]} is cpu but {keys[2]} is {gpus:g}; set {keys[3]}=gpu, or {keys[2]}=0 to run on CPUs")
+        raise ValueError(f"{keys.device} is cpu but {keys.gpus} is {gpus:g}; set {keys.device}=gpu, or {keys.gpus}=0 to run on CPUs")
     if kind == "gpu" and not gpus:
-        raise ValueError(f"{keys[3]} is gpu but {keys[2]} is 0; set {keys[2]} (e.g. 1), or {keys[3]}=cpu")
-    return Placement(count, float(cpus), float(gpus), threads or max(int(cpus), 1), kind, tuple(keys[:3]))
+        raise ValueError(f"{keys.device} is gpu but {keys.gpus} is 0; set {keys.gpus} (e.g. 1), or {keys.device}=cpu")
+    return kind, float(gpus)
 
 
-def predict_actors(cfg):
-    """Predictor actors of the bulk job and of evaluation, from Global.device and the Ray section."""
+def size(cluster, kind, count, cpus, gpus, threads, keys, default_count, spare=0.0, check=True):
+    """The Placement for these settings on `cluster` (None: choose). `default_count` is the count to
+    use when `count` is None; `spare` the CPUs that must stay free somewhere for read tasks.
+    check=False (an autoscaling Serve app, whose replicas Ray adds later) skips the fit check."""
+    count = default_count if count is None else count
+    if not check:
+        cpus = 1.0 if cpus is None else cpus
+        per_process = [cpus]
+    else:
+        if cpus is None:  # GPU processes: one CPU each, the rest left to the read tasks that feed them
+            cpus = 1.0 if gpus else _even_share(cluster, count, gpus, spare)
+        placed = cluster.spread(count, cpus, gpus, spare)
+        if placed is None:
+            raise ValueError(_does_not_fit(cluster, count, cpus, gpus, spare, keys))
+        per_process = [c / n for (c, _), n in zip(cluster.nodes, placed) if n]  # each node's CPUs over its processes
+    if threads is None:
+        threads = max(math.floor(min(per_process) + 1e-9), 1)  # the most crowded node decides
+    return Placement(count, float(cpus), gpus, int(threads), kind)
+
+
+def _even_share(cluster, count, gpus, spare):
+    """The largest reservation (1/STEP steps, MIN_AUTO_CPUS at least) at which `count` processes fit."""
+    biggest = max((c for c, _ in cluster.nodes), default=0)
+    share = min(biggest, (cluster.cpus - spare) / count)
+    steps = math.floor(share * STEP + 1e-9)
+    while steps / STEP >= MIN_AUTO_CPUS:
+        if cluster.spread(count, steps / STEP, gpus, spare) is not None:
+            return steps / STEP
+        steps -= 1
+    return MIN_AUTO_CPUS  # does not fit: size() says so with the largest count that would
+
+
+def _does_not_fit(cluster, count, cpus, gpus, spare, keys):
+    each = f"{cpus:g} CPUs ({keys.cpus})" + (f" and {gpus:g} GPUs ({keys.gpus})" if gpus else "")
+    left = f" with {spare:g} CPU left for reading and decoding" if spare else ""
+    if cluster.spread(1, cpus, gpus, spare) is None:
+        return (f"one process of {each} fits on no node of this cluster ({cluster}){left}; "
+                f"lower {keys.cpus}" + (f" or {keys.gpus}" if gpus else ""))
+    most = cluster.most(cpus, gpus, spare)
+    return (f"{keys.count}={count} processes of {each} each do not fit this cluster ({cluster}){left}; "
+            f"at most {most} fit: set {keys.count} to {most} or less")
+
+
+def _whole_cpus(cluster):
+    return max(sum(math.floor(c) for c, _ in cluster.nodes), 1)
+
+
+def _gpu_count(cluster, gpus):
+    return max(math.floor(cluster.gpus / gpus + 1e-9), 1)
+
+
+PREDICT_KEYS = Keys("Ray.predict_concurrency", "Ray.cpus_per_actor", "Ray.gpus_per_actor", "Global.device", "Ray.threads_per_actor")
+SERVE_KEYS = Keys("num_replicas", "cpus_per_replica", "gpus_per_replica", "device", "threads_per_replica")
+TRAIN_KEYS = Keys("Ray.num_workers", "Ray.cpus_per_worker", "GPU per worker", "Global.device")
+
+
+def predict_actors(cfg, cluster):
+    """Predictor actors of the bulk job and of evaluation, from Global.device and the Ray section.
+    CPU actors decode their own images, so they may take every CPU; reads in front of GPU actors
+    run in CPU tasks and keep READ_CPUS."""
     r = cfg.Ray
-    kind, listed = parse_device(cfg.Global.device)
+    _, listed = parse_device(cfg.Global.device)
+    kind, gpus = device_and_gpus(cfg.Global.device, r.gpus_per_actor, PREDICT_KEYS)
     count = listed or r.predict_concurrency  # gpu:0,1,2,3 means four GPU actors, as it means four workers in training
-    return place(count, r.cpus_per_actor, r.gpus_per_actor, r.threads_per_actor, kind,
-                 ("Ray.predict_concurrency", "Ray.cpus_per_actor", "Ray.gpus_per_actor", "Global.device"))
+    default = _gpu_count(cluster, gpus) if kind == "gpu" else _whole_cpus(cluster)
+    return size(cluster, kind, count, r.cpus_per_actor, gpus, r.threads_per_actor, PREDICT_KEYS, default,
+                spare=READ_CPUS if kind == "gpu" else 0.0)
 
 
-def serve_replicas(opts):
-    """Serve replicas from ServeOptions (device None: gpu when gpus_per_replica > 0)."""
-    return place(opts.num_replicas, opts.cpus_per_replica, opts.gpus_per_replica, opts.threads_per_replica, opts.device,
-                 ("num_replicas", "cpus_per_replica", "gpus_per_replica", "device"))
+def serve_replicas(opts, cluster):
+    """Serve replicas from ServeOptions (device None: gpu when gpus_per_replica > 0). With
+    `autoscaling`, Serve adds replicas as load needs, so nothing is checked against today's nodes."""
+    kind, gpus = device_and_gpus(opts.device, opts.gpus_per_replica, SERVE_KEYS)
+    default = _gpu_count(cluster, gpus) if kind == "gpu" else _whole_cpus(cluster)
+    return size(cluster, kind, opts.num_replicas, opts.cpus_per_replica, gpus, opts.threads_per_replica, SERVE_KEYS, default,
+                check=not opts.autoscaling)
 
 
-def train_workers(cfg):
-    """Ray Train workers, as PaddleX users expect: Global.device gpu:0,1,2,3 means four GPU
-    workers; cpu means Ray.num_workers CPU workers (0: train in this process)."""
-    r = cfg.Ray
-    kind, listed = parse_device(cfg.Global.device)
-    if kind == "cpu" and r.use_gpu:
+def train_device(cfg):
+    """('cpu' | 'gpu', GPUs per worker) of training; a contradiction is refused by name."""
+    if parse_device(cfg.Global.device)[0] == "cpu" and cfg.Ray.use_gpu:
         raise ValueError("Global.device is cpu but Ray.use_gpu is true; set one of them to match the other")
-    count = listed or (max(r.num_workers, 1) if kind == "gpu" else r.num_workers)
-    return place(count, r.cpus_per_worker, None, None, kind,
-                 ("Ray.num_workers / Global.device", "Ray.cpus_per_worker", "GPU per worker", "Global.device"))
+    return device_and_gpus(cfg.Global.device, None, TRAIN_KEYS)
+
+
+def train_workers(cfg, cluster):
+    """Ray Train workers, as PaddleX users expect: Global.device gpu:0,1,2,3 means four GPU
+    workers; cpu means Ray.num_workers CPU workers (null: one per node). Ray.num_workers=0 trains
+    in this process (no cluster needed: pass None)."""
+    r = cfg.Ray
+    kind, gpus = train_device(cfg)
+    if r.num_workers == 0:
+        return Placement(0, 0.0, gpus, 0, kind)
+    count = parse_device(cfg.Global.device)[1] or r.num_workers
+    default = _gpu_count(cluster, gpus) if kind == "gpu" else max(sum(c >= 1 for c, _ in cluster.nodes), 1)
+    return size(cluster, kind, count, r.cpus_per_worker, gpus, None, TRAIN_KEYS, default, spare=READ_CPUS)
 
 
 def init_ray(address=None):
@@ -93,17 +242,3 @@ def init_ray(address=None):
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
     return ray
-
-
-def check_fits(ray, placement, spare_cpus=1):
-    """Refuse a placement the cluster cannot hold, or that leaves fewer than `spare_cpus` CPUs for
-    Ray Data's read/decode tasks (Ray would wait for resources forever)."""
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
-    n, (count_key, cpu_key, gpu_key) = placement.count, placement.keys
-    if placement.gpus and n * placement.gpus > gpus:
-        raise ValueError(f"{n} x {placement.gpus:g} GPUs ({count_key} x {gpu_key}) need {n * placement.gpus:g} GPUs; "
-                         f"the cluster has {gpus:g}")
-    if n * placement.cpus > cpus - spare_cpus:
-        raise ValueError(f"{n} x {placement.cpus:g} CPUs ({count_key} x {cpu_key}) leave no CPU of the cluster's {cpus:g} "
-                         "for reading and decoding; lower one of them")

@@ -41,7 +41,7 @@ from .config import ServeOptions, parse_options
 from .data.image import ImageError, ImageTooLarge, decode_image, encode_image
 from .data.labels import encode_label_png, pixel_counts
 from .data.visualize import colorize
-from .ray_env import init_ray, serve_replicas
+from .ray_env import Cluster, Placement, init_ray, serve_replicas
 
 log = logging.getLogger(__name__)
 api = FastAPI(title="raysegment", docs_url=None, redoc_url=None)
@@ -165,11 +165,11 @@ def parse_target_size(value):
 class Segmenter:
     """One Predictor per replica; concurrent requests share forward passes (dynamic batching)."""
 
-    def __init__(self, options):
+    def __init__(self, options, placement):
         from .infer import Predictor
 
         self.opts = o = parse_options(ServeOptions, options, "args")
-        placement = serve_replicas(o)
+        placement = Placement(**placement)  # sized by build_app against the cluster
         self.predictor = Predictor.load(o.model_dir, device=placement.device, target_size=o.target_size,
                                         engine=o.engine_spec(placement.threads))
         self.device = placement.device
@@ -278,11 +278,12 @@ def build_app(args=None):
     if opts.max_ongoing_requests < opts.max_batch_size:
         raise ValueError(f"args.max_ongoing_requests ({opts.max_ongoing_requests}) is below args.max_batch_size "
                          f"({opts.max_batch_size}): batches could never fill; raise it")
-    placement = serve_replicas(opts)  # refuses a device that contradicts gpus_per_replica before anything deploys
+    # sized to the cluster (unset counts and CPUs chosen, a set value that cannot fit refused) before anything deploys
+    placement = serve_replicas(opts, Cluster.of(init_ray()))
     scaling = {"autoscaling_config": opts.autoscaling} if opts.autoscaling else {"num_replicas": placement.count}
     deployment = Segmenter.options(max_ongoing_requests=opts.max_ongoing_requests, **scaling,
                                    ray_actor_options=placement.ray_options)
-    return deployment.bind(dataclasses.asdict(opts))
+    return deployment.bind(dataclasses.asdict(opts), dataclasses.asdict(placement))
 
 
 def load_serve_config(path=None, overrides=(), **flags):

@@ -17,7 +17,7 @@ from raysegment import storage
 from raysegment.batch import PredictActor, predict_bulk
 from raysegment.config import load_config
 from raysegment.data.dataset import decode_label
-from raysegment.ray_env import predict_actors
+from raysegment.ray_env import Cluster, predict_actors
 
 
 def bulk(model_dir, inputs, output, batch_size=None, *overrides):
@@ -150,16 +150,19 @@ def test_killed_job_resumes_and_every_input_is_done_once(tmp_path, inference_dir
     assert all((out / f"{i:02d}" / "img.png").exists() for i in range(16))
 
 
+TWO_CPUS = Cluster(((2.0, 0.0),))
+
+
 def test_the_predict_section_reaches_every_actor(tmp_path, inference_dir):
     """What PredictActor builds (in this process; Ray builds the same from the same arguments)."""
     cfg = load_config(None, ["Predict.kernel_option.run_mode=mkldnn", "Predict.batch_size=3", "Ray.predict_batch_size=4",
                              "Predict.target_size=64", "Ray.cpus_per_actor=0.5", "Predict.save_visualization=true"])
     cfg.Predict.output = str(tmp_path)
-    actor = PredictActor(inference_dir, cfg.Predict, predict_actors(cfg))
+    actor = PredictActor(inference_dir, cfg.Predict, predict_actors(cfg, TWO_CPUS))
     assert actor.predictor.engine.run_mode == "mkldnn" and actor.batch_size == 3 and actor.predictor.target_size == 64
     assert actor.predictor.engine.cpu_threads == 1 and actor.writer.visualize and actor.writer.output == str(tmp_path)
     cfg = load_config(None, ["Predict.engine=openvino", "Predict.engine_config.precision=bf16", "Ray.cpus_per_actor=0.5"])
-    engine = PredictActor(inference_dir, cfg.Predict, predict_actors(cfg)).predictor.engine
+    engine = PredictActor(inference_dir, cfg.Predict, predict_actors(cfg, TWO_CPUS)).predictor.engine
     assert engine.candidates == ["openvino"] and engine.spec.precision == "bf16" and engine.threads == 1
 
 

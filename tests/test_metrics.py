@@ -110,8 +110,8 @@ def test_evaluate_refuses_a_class_count_mismatch(tmp_path, inference_dir, ray_lo
         evaluate(cfg)
 
 
-@pytest.mark.parametrize("override,match", [("Ray.cpus_per_actor=2", "leave no CPU of the cluster's 2"),
-                                             ("Global.device=gpu", "need 1 GPUs; the cluster has 0"),
+@pytest.mark.parametrize("override,match", [("Ray.cpus_per_actor=3", r"one process of 3 CPUs \(Ray.cpus_per_actor\) fits on no node"),
+                                             ("Global.device=gpu", r"1 GPUs \(Ray.gpus_per_actor\) fits on no node of this cluster \(1 node of 2 CPUs, 0 GPUs\)"),
                                              ("Ray.gpus_per_actor=1", "Global.device is cpu but Ray.gpus_per_actor is 1")])
 def test_evaluate_refuses_an_actor_pool_that_cannot_run(tmp_path, inference_dir, ray_local, override, match):
     root = make_dataset(tmp_path / "ds")

@@ -6,48 +6,87 @@ import sys
 import pytest
 
 from raysegment.config import ServeOptions, load_config, parse_options
-from raysegment.ray_env import parse_device, place, predict_actors, serve_replicas, train_workers
+from raysegment.ray_env import Cluster, parse_device, predict_actors, serve_replicas, train_workers
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    ([], (1, 1.0, 0.0, 1, "cpu")),
-    (["Ray.predict_concurrency=3", "Ray.cpus_per_actor=2"], (3, 2.0, 0.0, 2, "cpu")),  # threads follow the CPUs
-    (["Ray.cpus_per_actor=0.5", "Ray.threads_per_actor=4"], (1, 0.5, 0.0, 4, "cpu")),  # an explicit value wins
-    (["Global.device=gpu"], (1, 1.0, 1.0, 1, "gpu")),
-    (["Global.device=gpu:0,1,2,3", "Ray.gpus_per_actor=0.5"], (4, 1.0, 0.5, 1, "gpu")),  # a GPU list is the actor count
-    (["Global.device=gpu:3"], (1, 1.0, 1.0, 1, "gpu")),  # on Ray, which GPU is Ray's choice
+TWO_CPUS = Cluster(((2.0, 0.0),))
+LAPTOP = Cluster(((8.0, 0.0),))
+THREE_SMALL_NODES = Cluster(((0.0, 0.0), (1.0, 0.0), (1.0, 0.0), (1.0, 0.0)))  # a head with no CPUs, three 1-CPU workers
+GPU_NODES = Cluster(((16.0, 4.0), (16.0, 4.0)))
+
+
+@pytest.mark.parametrize("cluster,overrides,expected", [
+    # defaults: one single-thread actor per CPU, reads fused into them
+    (TWO_CPUS, [], (2, 1.0, 0.0, 1, "cpu")),
+    (LAPTOP, [], (8, 1.0, 0.0, 1, "cpu")),
+    (THREE_SMALL_NODES, [], (3, 1.0, 0.0, 1, "cpu")),
+    # a count set: the CPUs shared out between them, threads from the CPUs each gets
+    (TWO_CPUS, ["Ray.predict_concurrency=1"], (1, 2.0, 0.0, 2, "cpu")),
+    (LAPTOP, ["Ray.predict_concurrency=3"], (3, 2.65, 0.0, 2, "cpu")),  # 8/3 in steps of 1/20
+    (TWO_CPUS, ["Ray.predict_concurrency=3", "Ray.cpus_per_actor=0.5", "Ray.threads_per_actor=4"], (3, 0.5, 0.0, 4, "cpu")),  # set values win
+    # GPUs: one actor per GPU reserving one CPU, threads from the CPUs of its node
+    (GPU_NODES, ["Global.device=gpu"], (8, 1.0, 1.0, 4, "gpu")),
+    (GPU_NODES, ["Global.device=gpu:0,1", "Ray.gpus_per_actor=0.5"], (2, 1.0, 0.5, 16, "gpu")),  # a GPU list is the actor count
 ])
-def test_predict_actors_follow_global_device_and_the_ray_section(overrides, expected):
-    p = predict_actors(load_config(None, overrides))
+def test_predict_actors_are_sized_to_the_cluster(cluster, overrides, expected):
+    p = predict_actors(load_config(None, overrides), cluster)
     assert (p.count, p.cpus, p.gpus, p.threads, p.device) == expected
     assert p.ray_options == {"num_cpus": expected[1], "num_gpus": expected[2]}
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["Ray.gpus_per_actor=1"], "Global.device is cpu but Ray.gpus_per_actor is 1"),
-    (["Global.device=gpu", "Ray.gpus_per_actor=0"], "Global.device is gpu but Ray.gpus_per_actor is 0"),
-    (["Global.device=tpu"], "device 'tpu' is not one of cpu, gpu"),
+@pytest.mark.parametrize("cluster,overrides,match", [
+    (TWO_CPUS, ["Ray.predict_concurrency=3", "Ray.cpus_per_actor=1"], r"Ray.predict_concurrency=3 .* at most 2 fit: set Ray.predict_concurrency to 2"),
+    (TWO_CPUS, ["Ray.cpus_per_actor=3"], r"one process of 3 CPUs \(Ray.cpus_per_actor\) fits on no node"),
+    (TWO_CPUS, ["Ray.predict_concurrency=9"], r"Ray.predict_concurrency=9 processes of 0.25 CPUs .* at most 8 fit"),
+    (THREE_SMALL_NODES, ["Ray.predict_concurrency=2", "Ray.cpus_per_actor=1.5"], r"4 nodes of 0 \+ 1 \+ 1 \+ 1 CPUs"),
+    (GPU_NODES, ["Global.device=gpu:0,1,2,3,4,5,6,7,8"], r"at most 8 fit"),
+    (TWO_CPUS, ["Ray.gpus_per_actor=1"], "Global.device is cpu but Ray.gpus_per_actor is 1"),
+    (TWO_CPUS, ["Global.device=gpu", "Ray.gpus_per_actor=0"], "Global.device is gpu but Ray.gpus_per_actor is 0"),
+    (TWO_CPUS, ["Global.device=tpu"], "device 'tpu' is not one of cpu, gpu"),
 ])
-def test_contradictions_are_refused_by_key(overrides, match):
+def test_what_cannot_fit_is_refused_with_the_largest_that_would(cluster, overrides, match):
     with pytest.raises(ValueError, match=match):
-        predict_actors(load_config(None, overrides))
+        predict_actors(load_config(None, overrides), cluster)
 
 
-def test_serve_replicas_and_train_workers_use_the_same_rules():
-    opts = parse_options(ServeOptions, {"model_dir": "m", "num_replicas": 2, "cpus_per_replica": 2, "gpus_per_replica": 0.5}, "args")
-    r = serve_replicas(opts)
-    assert (r.count, r.cpus, r.gpus, r.threads, r.device) == (2, 2.0, 0.5, 2, "gpu")  # device None: gpu when it has one
-    with pytest.raises(ValueError, match="device is cpu but gpus_per_replica is 0.5"):
-        serve_replicas(parse_options(ServeOptions, {"device": "cpu", "gpus_per_replica": 0.5}, "args"))
-    w = train_workers(load_config(None, ["Global.device=gpu:0,1", "Ray.cpus_per_worker=4"]))
-    assert (w.count, w.cpus, w.gpus, w.threads, w.device) == (2, 4.0, 1.0, 4, "gpu")
-    assert train_workers(load_config(None, ["Ray.num_workers=0"])).count == 0
+@pytest.mark.parametrize("cluster,overrides,expected", [
+    (TWO_CPUS, [], (1, 1.5, 0.0, 2, "cpu")),  # one worker per node, half a CPU kept for its data tasks
+    (TWO_CPUS, ["Ray.num_workers=2"], (2, 0.75, 0.0, 1, "cpu")),  # the case: fits, one thread each
+    (THREE_SMALL_NODES, [], (3, 0.5, 0.0, 1, "cpu")),  # one per worker node, each leaving half a CPU
+    (THREE_SMALL_NODES, ["Ray.num_workers=2"], (2, 1.0, 0.0, 1, "cpu")),  # the third node reads
+    (GPU_NODES, ["Global.device=gpu"], (8, 1.0, 1.0, 4, "gpu")),
+    (GPU_NODES, ["Global.device=gpu:0,1", "Ray.cpus_per_worker=4"], (2, 4.0, 1.0, 16, "gpu")),
+])
+def test_train_workers_are_sized_to_the_cluster(cluster, overrides, expected):
+    w = train_workers(load_config(None, overrides), cluster)
+    assert (w.count, w.cpus, w.gpus, w.threads, w.device) == expected
+
+
+def test_train_workers_refusals():
+    assert train_workers(load_config(None, ["Ray.num_workers=0"]), None).count == 0  # in this process: no cluster needed
     with pytest.raises(ValueError, match="Global.device is cpu but Ray.use_gpu is true"):
-        train_workers(load_config(None, ["Ray.use_gpu=true"]))
+        train_workers(load_config(None, ["Ray.use_gpu=true"]), TWO_CPUS)
+    with pytest.raises(ValueError, match=r"Ray.num_workers=2 .* 0.5 CPU left for reading and decoding; at most 1 fit"):
+        train_workers(load_config(None, ["Ray.num_workers=2", "Ray.cpus_per_worker=1"]), TWO_CPUS)
+    with pytest.raises(ValueError, match=r"at most 6 fit"):  # 0.25 CPU each at least, half a CPU kept
+        train_workers(load_config(None, ["Ray.num_workers=9"]), TWO_CPUS)
 
 
-def test_place_defaults():
-    assert place(2, 1.5).threads == 1 and place(2, 1.5).device == "cpu"
+def test_serve_replicas_use_the_same_rules():
+    opts = lambda **kw: parse_options(ServeOptions, {"model_dir": "m", **kw}, "args")  # noqa: E731
+    r = serve_replicas(opts(), TWO_CPUS)
+    assert (r.count, r.cpus, r.gpus, r.threads, r.device) == (2, 1.0, 0.0, 1, "cpu")
+    r = serve_replicas(opts(num_replicas=2, cpus_per_replica=2, gpus_per_replica=0.5), GPU_NODES)
+    assert (r.count, r.cpus, r.gpus, r.threads, r.device) == (2, 2.0, 0.5, 16, "gpu")  # device None: gpu when it has one; spread over both nodes
+    r = serve_replicas(opts(autoscaling={"min_replicas": 1, "max_replicas": 50}), TWO_CPUS)  # Serve adds replicas later: unchecked
+    assert (r.cpus, r.threads) == (1.0, 1)
+    with pytest.raises(ValueError, match="device is cpu but gpus_per_replica is 0.5"):
+        serve_replicas(opts(device="cpu", gpus_per_replica=0.5), GPU_NODES)
+    with pytest.raises(ValueError, match="num_replicas=3 .* at most 2 fit"):
+        serve_replicas(opts(num_replicas=3, cpus_per_replica=1), TWO_CPUS)
+
+
+def test_parse_device():
     assert parse_device("GPU:0,1") == ("gpu", 2) and parse_device("cpu") == ("cpu", None)
 
 

@@ -48,7 +48,8 @@ def service(ray_local, inference_dir, maskformer_dir, www):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
-    common = {"model_dir": inference_dir, "cpus_per_replica": 0.5, "threads_per_replica": 1, "max_batch_size": 4,
+    # one replica each: three apps share the test's 2-CPU Ray (the default sizes one app for the whole cluster)
+    common = {"model_dir": inference_dir, "num_replicas": 1, "cpus_per_replica": 0.5, "threads_per_replica": 1, "max_batch_size": 4,
               "batch_wait_timeout_s": 0.02, "max_image_pixels": PIXEL_LIMIT, "max_body_bytes": BODY_LIMIT}
     serve.run(build_app(common), name="seg", route_prefix="/")
     allowed = www.split("//")[1]

@@ -53,8 +53,10 @@ def ray_dataset(rows, spec):
     """A Ray Dataset of augmented samples; each epoch re-runs decoding and augmentation in CPU tasks."""
     import ray
 
+    from ..ray_env import READ_CPUS
+
     return ray.data.from_items(rows).random_shuffle().map_batches(
-        load_augment, fn_kwargs={"spec": spec}, batch_size=8, batch_format="numpy"
+        load_augment, fn_kwargs={"spec": spec}, batch_size=8, num_cpus=READ_CPUS, batch_format="numpy"
     )
 
 

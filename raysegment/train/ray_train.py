@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ray.train.backend import Backend, BackendConfig
 
-from ..ray_env import check_fits, init_ray, train_workers
+from ..ray_env import Cluster, init_ray, train_device, train_workers
 from .data import ray_dataset, shard_batches
 from .loop import train
 
@@ -122,12 +122,13 @@ def latest_checkpoint():
     return best
 
 
-def validate(cfg, num_workers):
-    """Config and dataset problems, found before any worker starts."""
+def validate(cfg):
+    """Config and dataset problems, found before Ray starts; returns the train split's rows."""
     from ..data.dataset import read_class_names
     from .data import split_rows
 
     t, g = cfg.Train, cfg.Global
+    train_device(cfg)
     if not g.model:
         raise ValueError("set Global.model (the config file usually does)")
     if not g.dataset_dir:
@@ -138,13 +139,16 @@ def validate(cfg, num_workers):
     if names and len(names) != t.num_classes:
         raise ValueError(f"Train.num_classes is {t.num_classes} but {g.dataset_dir}/labels.txt names {len(names)} classes")
     rows = split_rows(g.dataset_dir, "train")
-    workers = max(num_workers, 1)
-    if len(rows) < t.batch_size * workers:
-        raise ValueError(f"the train split has {len(rows)} pairs, fewer than one global batch "
-                         f"(Train.batch_size {t.batch_size} x {workers} workers)")
+    check_global_batch(rows, t.batch_size, 1)
     if t.resume_path and not os.path.isfile(os.path.join(t.resume_path, "train_state.json")):
         raise ValueError(f"Train.resume_path {t.resume_path!r} is not a training checkpoint (no train_state.json)")
     return rows
+
+
+def check_global_batch(rows, batch_size, workers):
+    if len(rows) < batch_size * workers:
+        raise ValueError(f"the train split has {len(rows)} pairs, fewer than one global batch "
+                         f"(Train.batch_size {batch_size} x {workers} workers)")
 
 
 def with_absolute_paths(cfg):
@@ -167,18 +171,18 @@ def with_absolute_paths(cfg):
 def fit(cfg):
     """Train as the config says: on Ray Train workers, or in this process when Ray.num_workers is 0."""
     cfg = with_absolute_paths(cfg)
-    workers = train_workers(cfg)
+    rows = validate(cfg)
+    workers = train_workers(cfg, None if cfg.Ray.num_workers == 0 else Cluster.of(init_ray(cfg.Ray.address)))
     use_gpu = workers.device == "gpu"
-    rows = validate(cfg, workers.count)
     if workers.count == 0:
         return train(cfg, device="gpu:0" if use_gpu else "cpu")
+    check_global_batch(rows, cfg.Train.batch_size, workers.count)
 
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from ..data.augment import AugmentSpec
 
-    check_fits(init_ray(cfg.Ray.address), workers)
     out = cfg.Global.output  # absolute: with_absolute_paths
     os.makedirs(out, exist_ok=True)
     trainer = DataParallelTrainer(
