@@ -10,10 +10,12 @@ ray_env.predict_actors; the Predictor's settings from the Predict section.
 """
 
 import json
+import math
 import os
 import time
 
 import numpy as np
+import pyarrow
 
 from . import storage
 from .bulk_output import BulkRun, ImageWriter
@@ -23,7 +25,7 @@ from .data.labels import LabelError
 from .data.metrics import ConfusionMatrix
 from .data.sources import list_inputs
 from .infer.model_files import read_model_folder
-from .ray_env import check_fits, init_ray, predict_actors
+from .ray_env import READ_CPUS, Cluster, init_ray, predict_actors
 
 
 def _ragged(arrays):
@@ -122,15 +124,34 @@ class EvalActor(PredictorActor):
 
 
 def _actor_pool(ray, cfg):
-    """The Predict/Ray settings every actor pool shares, checked before anything starts."""
-    placement = predict_actors(cfg)
-    check_fits(ray, placement)
+    """The Predict/Ray settings every actor pool shares, sized to the cluster and checked before
+    anything starts; also the resources of the read step in front of the actors."""
+    placement = predict_actors(cfg, Cluster.of(ray))
     batch_size = cfg.Ray.predict_batch_size
     if cfg.Predict.batch_size > batch_size:
         raise ValueError(f"Predict.batch_size ({cfg.Predict.batch_size}) is above Ray.predict_batch_size ({batch_size}), "
                          "the images an actor gets at a time; raise Ray.predict_batch_size")
-    return placement, {"batch_size": batch_size, "compute": ray.data.ActorPoolStrategy(size=placement.count),
-                       **placement.ray_options, "batch_format": "numpy"}
+    # CPU actors: the read step reserves what an actor does, so Ray Data fuses it into the actors
+    # and decoded images never enter the object store. GPU actors: reads run in CPU tasks.
+    read = {"num_cpus": READ_CPUS if placement.gpus else placement.cpus}
+    return placement, read, {"batch_size": batch_size, "compute": ray.data.ActorPoolStrategy(size=placement.count),
+                             **placement.ray_options, "batch_format": "numpy"}
+
+
+MAX_BLOCK_ROWS = 128
+
+
+def _blocks(ray, chunks, actors):
+    """Planned chunks of inputs -> (Arrow blocks in the object store, rows). The plan streams, so
+    the driver keeps only references however long the listing. Ray Data hands an actor a whole
+    block, so a chunk is cut in about 8 blocks per actor (every actor gets work on a short list)
+    of at most MAX_BLOCK_ROWS rows (a million inputs make ~8,000 blocks)."""
+    refs, rows = [], 0
+    for chunk in chunks:
+        per_block = min(max(math.ceil(len(chunk) / (8 * actors)), 1), MAX_BLOCK_ROWS)
+        refs += [ray.put(pyarrow.Table.from_pylist(chunk[i : i + per_block])) for i in range(0, len(chunk), per_block)]
+        rows += len(chunk)
+    return refs, rows
 
 
 def predict_bulk(cfg, progress=None):
@@ -142,18 +163,17 @@ def predict_bulk(cfg, progress=None):
         raise ValueError("set Predict.model_dir and Predict.input (--model-dir and --input)")
     info = read_model_folder(p.model_dir)
     ray = init_ray(cfg.Ray.address)
-    placement, pool = _actor_pool(ray, cfg)
+    placement, read, pool = _actor_pool(ray, cfg)
     started = time.perf_counter()
     run = BulkRun(p.output)
-    rows, skipped, processed = run.plan(list_inputs(p.input))  # processed: inputs this run recorded
+    blocks, to_do = _blocks(ray, run.plan(list_inputs(p.input)), placement.count)
+    skipped, processed = run.skipped, run.collisions  # processed: inputs this run recorded
     engines, reasons = set(), set()  # what each actor runs (per input shape), and why
-    if rows:
+    if blocks:
         ds = (
-            ray.data.from_items(rows)
-            # CPU actors: reading with the actors' CPU reservation lets Ray Data fuse it into them, so
-            # decoded images never enter the object store. GPU actors: reads stay in CPU tasks.
+            ray.data.from_arrow_refs(blocks)
             .map_batches(read_images, fn_kwargs={"max_pixels": p.max_image_pixels, "max_bytes": p.max_image_bytes},
-                         batch_size=pool["batch_size"], num_cpus=1 if placement.gpus else placement.cpus, batch_format="numpy")
+                         batch_size=pool["batch_size"], **read, batch_format="numpy")
             .map_batches(PredictActor, fn_constructor_args=(p.model_dir, p, placement), **pool)
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -163,7 +183,7 @@ def predict_bulk(cfg, progress=None):
             engines.update(batch["engine"][-1:])
             reasons.update(batch["engine_reasons"][-1].split("\n"))
             if progress:
-                progress(processed, len(rows), time.perf_counter() - started)
+                progress(processed, to_do, time.perf_counter() - started)
     elapsed = time.perf_counter() - started
     return run.commit({"processed_this_run": processed, "skipped_already_done": skipped, "seconds": round(elapsed, 2),
                        "images_per_s": round(processed / elapsed, 3) if processed else 0.0, "model": info.model_name,
@@ -184,11 +204,11 @@ def evaluate(cfg, progress=None):
     model_dir = os.path.dirname(weights) if weights.endswith(".pdparams") else weights
     names = _class_names(model_dir, read_class_names(dataset_dir))
     ray = init_ray(cfg.Ray.address)
-    placement, pool = _actor_pool(ray, cfg)
+    placement, read, pool = _actor_pool(ray, cfg)
     rows, problems = _val_rows(dataset_dir)
     ds = (
         ray.data.from_items(rows)
-        .map_batches(read_pairs, batch_size=pool["batch_size"], batch_format="numpy")
+        .map_batches(read_pairs, batch_size=pool["batch_size"], **read, batch_format="numpy")
         .map_batches(EvalActor, fn_constructor_args=(model_dir, cfg.Predict, placement, len(names)), **pool)
     )
     started, cm, evaluated = time.perf_counter(), ConfusionMatrix(len(names)), 0

@@ -17,10 +17,13 @@ exactly once. Any sink that can `read_bytes` / `write_bytes` / `list_files` / `d
 can hold a run.
 """
 
+import itertools
 import json
 import os
 import time
 import uuid
+
+import numpy as np
 
 from . import storage
 from .data.image import encode_image
@@ -54,8 +57,36 @@ class ImageWriter:
         return files
 
 
+CHUNK = 20_000  # inputs planned (and handed to Ray Data) at a time
+
+
+class _Seen:
+    """A set of strings kept as 64-bit hashes in sorted numpy chunks: 8 bytes an entry, so a
+    million done inputs cost 8 MB in the driver rather than the URIs themselves (~150 MB as
+    Python strings). Python's str hash is fixed within a process, which is all a plan needs; two
+    of a million inputs share a 64-bit hash with odds of about 3e-8."""
+
+    def __init__(self, strings=()):
+        self.sorted = np.unique(np.fromiter((hash(x) for x in strings), np.int64))
+
+    def contains(self, hashes):
+        i = np.searchsorted(self.sorted, hashes)
+        return (i < len(self.sorted)) & (self.sorted[np.minimum(i, len(self.sorted) - 1)] == hashes) if len(self.sorted) else np.zeros(len(hashes), bool)
+
+    def add(self, hashes):
+        self.sorted = np.union1d(self.sorted, hashes)
+
+
+def _first_of_each(hashes):
+    """Mask of the first occurrence of each hash, in order."""
+    keep = np.zeros(len(hashes), bool)
+    keep[np.unique(hashes, return_index=True)[1]] = True
+    return keep
+
+
 class BulkRun:
-    """The run-level records of one output folder or prefix."""
+    """The run-level records of one output folder or prefix. Everything here streams: the inputs,
+    the records of earlier runs and the merge hold a few bytes per input, never every line."""
 
     def __init__(self, output):
         self.output = output
@@ -63,43 +94,45 @@ class BulkRun:
     def _path(self, name):
         return storage.join(self.output, name)
 
-    def _parts(self):
+    def _parts(self, kind):
         if not storage.is_s3(self.output) and not os.path.isdir(self._path(PARTS)):
             return []
-        return storage.list_files(self._path(PARTS), (".jsonl",))
+        return [p for p in storage.list_files(self._path(PARTS), (".jsonl",)) if p.rsplit("/", 1)[-1].startswith(f"{kind}-")]
 
-    def previous(self):
-        """(manifest lines, error lines) already recorded: merged files and unmerged parts."""
-        manifest, errors = [], []
-        for name, into in ((MANIFEST, manifest), (ERRORS, errors)):
-            if storage.exists(self._path(name)):
-                into += _read_jsonl(self._path(name))
-        for part in self._parts():
-            (errors if part.rsplit("/", 1)[-1].startswith("errors-") else manifest).extend(_read_jsonl(part))
-        return manifest, errors
+    def _records(self, kind):
+        """Every recorded line of `kind` ("manifest" | "errors"), merged file first, then the parts."""
+        merged = self._path(MANIFEST if kind == "manifest" else ERRORS)
+        for uri in ([merged] if storage.exists(merged) else []) + self._parts(kind):
+            for line in storage.iter_lines(uri):
+                if line.strip():
+                    yield json.loads(line)
 
     def plan(self, items):
-        """Inputs (dicts with `uri` and `rel`) -> (those still to do, how many were recorded before).
-
-        Inputs already recorded and repeated inputs are dropped; an input whose outputs would
-        overwrite another's (a.jpg and a.png) is recorded here as an OutputCollision error."""
-        manifest, _ = self.previous()
-        seen = {m["uri"] for m in manifest}
-        owners = {os.path.splitext(m["outputs"][0])[0]: m["uri"] for m in manifest if m["outputs"]}  # output stem -> input
-        todo, collisions = [], []
-        for item in items:
-            if item["uri"] in seen:
-                continue
-            seen.add(item["uri"])
-            stem = os.path.splitext(item["rel"])[0]
-            if stem in owners:
-                collisions.append((item["uri"], "error", [],
-                                   f"OutputCollision: its outputs {stem}.png/.json would overwrite those of {owners[stem]}; rename one of them"))
-                continue
-            owners[stem] = item["uri"]
-            todo.append(item)
-        self.record(collisions)
-        return todo, len(manifest), len(collisions)
+        """Inputs (dicts with `uri` and `rel`, any iterable) -> lists of those still to do, CHUNK at
+        a time. Inputs already recorded and repeated inputs are dropped (counted in `self.skipped`);
+        an input whose outputs would overwrite another's (a.jpg and a.png) is recorded here as an
+        OutputCollision error (counted in `self.collisions`)."""
+        self.skipped = self.collisions = 0
+        done, stems = _Seen(), _Seen()
+        recorded = ((m["uri"], os.path.splitext(m["outputs"][0])[0] if m["outputs"] else None) for m in self._records("manifest"))
+        for block in _batched(recorded, CHUNK):
+            done.add(np.array([hash(u) for u, _ in block], np.int64))
+            stems.add(np.array([hash(st) for _, st in block if st is not None], np.int64))
+            self.skipped += len(block)
+        for block in _batched(items, CHUNK):
+            uris = np.array([hash(item["uri"]) for item in block], np.int64)
+            rels = np.array([hash(os.path.splitext(item["rel"])[0]) for item in block], np.int64)
+            new = ~done.contains(uris) & _first_of_each(uris)
+            done.add(uris)
+            clash = new & (stems.contains(rels) | ~_first_of_each(np.where(new, rels, uris)))
+            todo = [item for item, keep in zip(block, new & ~clash) if keep]
+            stems.add(rels[new & ~clash])
+            self.record((item["uri"], "error", [], f"OutputCollision: its outputs {os.path.splitext(item['rel'])[0]}.png/.json "
+                         "are another input's (same name, other extension, or the same URL path); rename one of them")
+                        for item, hit in zip(block, clash) if hit)
+            self.collisions += int(clash.sum())
+            if todo:
+                yield todo
 
     def record(self, results):
         """Append one batch of (uri, status, outputs, error) to the run's parts. `error` is
@@ -118,23 +151,38 @@ class BulkRun:
             name = f"{PARTS}/{kind}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.jsonl"
             storage.write_bytes(self._path(name), "".join(json.dumps(x) + "\n" for x in lines).encode())
 
+    def _merge(self, kind):
+        """Write the merged file of `kind`, one line per input (the first recorded: a rerun after a
+        kill between the merge and the parts' removal sees some lines twice); returns
+        (lines, lines with status done). Two streamed passes: hashes first, then the lines kept."""
+        keep = _first_of_each(np.fromiter((hash(r["uri"]) for r in self._records(kind)), np.int64))
+        counts = [0, 0]
+
+        def lines():
+            for record, wanted in zip(self._records(kind), keep):
+                if wanted:
+                    counts[0] += 1
+                    counts[1] += record.get("status") == "done"
+                    yield json.dumps(record)
+
+        storage.write_lines(self._path(MANIFEST if kind == "manifest" else ERRORS), lines())
+        return counts
+
     def commit(self, summary):
         """Merge the parts into _manifest.jsonl and _errors.jsonl (each written whole), remove the
         parts, and write _SUCCESS.json: `summary` plus the run's input, done and error counts."""
-        manifest, errors = self.previous()
-        by_uri = {m["uri"]: m for m in manifest}  # a rerun after a kill between part and merge: keep one line
-        errs = {e["uri"]: e for e in errors}
-        storage.write_bytes(self._path(MANIFEST), "".join(json.dumps(m) + "\n" for m in by_uri.values()).encode())
-        storage.write_bytes(self._path(ERRORS), "".join(json.dumps(e) + "\n" for e in errs.values()).encode())
-        for part in self._parts():
+        inputs, done = self._merge("manifest")
+        self._merge("errors")
+        for part in self._parts("manifest") + self._parts("errors"):
             storage.delete(part)
         if not storage.is_s3(self.output) and os.path.isdir(self._path(PARTS)):
             os.rmdir(self._path(PARTS))
-        done = sum(m["status"] == "done" for m in by_uri.values())
-        summary = {"inputs": len(by_uri), "done": done, "errors": len(by_uri) - done, **summary}
+        summary = {"inputs": inputs, "done": done, "errors": inputs - done, **summary}
         storage.write_bytes(self._path(SUCCESS), json.dumps(summary, indent=2).encode())
         return summary
 
 
-def _read_jsonl(uri):
-    return [json.loads(line) for line in storage.read_bytes(uri).decode("utf-8").splitlines() if line.strip()]
+def _batched(iterable, n):
+    it = iter(iterable)
+    while block := list(itertools.islice(it, n)):
+        yield block

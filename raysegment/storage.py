@@ -149,24 +149,70 @@ def delete(uri):
         os.remove(uri)
 
 
-def list_files(uri, suffixes):
-    """Files ending in `suffixes` under a local directory or an s3:// prefix, sorted; names starting
-    with '.' or '_' (ours and Ray's bookkeeping) are skipped. A single file is itself."""
-    def wanted(name):
-        return name.lower().endswith(suffixes) and not name.startswith((".", "_"))
+def _wanted(name, suffixes):
+    return name.lower().endswith(suffixes) and not name.startswith((".", "_"))
 
+
+def iter_files(uri, suffixes):
+    """Files ending in `suffixes` under a local directory or an s3:// prefix, one at a time (a
+    million keys never sit in one list): S3 in its key order, a local tree folder by folder, each
+    sorted. Names starting with '.' or '_' (ours and Ray's bookkeeping) are skipped. A single file
+    is itself."""
     if is_s3(uri):
         bucket, prefix = split_s3(uri)
-        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", []) if wanted(o["Key"].rsplit("/", 1)[-1]))
-    if os.path.isdir(uri):
-        found = []
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                if _wanted(o["Key"].rsplit("/", 1)[-1], suffixes):
+                    yield f"s3://{bucket}/{o['Key']}"
+    elif os.path.isdir(uri):
         for root, dirs, files in os.walk(uri):
-            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-            found += [os.path.join(root, f) for f in files if wanted(f)]
-        return sorted(found)
-    return [uri]
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+            yield from (os.path.join(root, f) for f in sorted(files) if _wanted(f, suffixes))
+    else:
+        yield uri
 
 
-def list_images(uri):
-    return list_files(uri, IMAGE_SUFFIXES)
+def list_files(uri, suffixes):
+    """iter_files as a sorted list (for folders of bookkeeping files, not inputs)."""
+    return sorted(iter_files(uri, suffixes))
+
+
+def iter_images(uri):
+    return iter_files(uri, IMAGE_SUFFIXES)
+
+
+def iter_lines(uri):
+    """The text lines of a local file or an S3 object, streamed (a manifest of a million lines is
+    never held whole)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        for line in body.iter_lines():
+            yield line.decode("utf-8")
+        return
+    with open(uri, encoding="utf-8") as f:
+        for line in f:
+            yield line.rstrip("\n")
+
+
+def write_lines(uri, lines):
+    """Write text lines as one whole file, streamed: through a local temporary file, then a rename
+    locally or a (multipart) upload to S3; a reader never sees part of it."""
+    if not is_s3(uri):
+        folder = os.path.dirname(os.path.abspath(uri))
+        os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=None if is_s3(uri) else folder, prefix=".tmp-",
+                                     suffix=os.path.basename(uri), delete=False) as f:
+        tmp = f.name
+        for line in lines:
+            f.write(line + "\n")
+    try:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            s3_client().upload_file(tmp, bucket, key)
+        else:
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, uri)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

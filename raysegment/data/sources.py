@@ -33,14 +33,14 @@ def list_inputs(inputs):
                 yield {"uri": spec, "rel": spec.rsplit("/", 1)[-1]}
             else:
                 prefix = spec.rstrip("/") + "/"
-                for uri in storage.list_images(prefix):
+                for uri in storage.iter_images(prefix):
                     yield {"uri": uri, "rel": uri[len(prefix):]}
         elif spec.lower().endswith(LIST_SUFFIXES) and os.path.isfile(spec):
-            for line in storage.read_bytes(spec).decode("utf-8").splitlines():
+            for line in storage.iter_lines(spec):  # streamed: a list of a million URLs is never held whole
                 if line.strip() and not line.lstrip().startswith("#"):
                     yield from list_inputs(line.strip())
         elif os.path.isdir(spec):
-            for path in storage.list_images(spec):
+            for path in storage.iter_images(spec):
                 yield {"uri": path, "rel": os.path.relpath(path, spec).replace(os.sep, "/")}
         elif any(c in spec for c in "*?["):
             root = spec[: min(spec.index(c) for c in "*?[" if c in spec)].rsplit("/", 1)[0] or "."
