@@ -27,7 +27,7 @@ def main(argv=None):
     from raysegment.batch import evaluate
     from raysegment.cli import print_progress, report_evaluation
 
-    report_evaluation(evaluate(cfg, progress=print_progress("val samples evaluated", newline=True)), cfg.Global.output)
+    report_evaluation(evaluate(cfg, progress=print_progress("val samples evaluated", every_s=0)), cfg.Global.output)
 
 
 if __name__ == "__main__":

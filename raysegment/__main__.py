@@ -25,7 +25,7 @@ def main(argv=None):
     elif mode == "evaluate":
         from .batch import evaluate
 
-        report_evaluation(evaluate(cfg, progress=print_progress("val samples evaluated", newline=True)), cfg.Global.output)
+        report_evaluation(evaluate(cfg, progress=print_progress("val samples evaluated", every_s=0)), cfg.Global.output)
     elif mode == "predict":
         from .batch import predict_bulk
 

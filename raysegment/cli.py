@@ -1,6 +1,7 @@
 """What every job in jobs/ shares: `-c CONFIG -o Section.key=value` and one-line errors."""
 
 import sys
+import time
 
 from .config import ConfigError, load_config
 
@@ -33,13 +34,27 @@ def run(main):
         sys.exit(1)
 
 
-def print_progress(what, newline=False):
-    """A progress(done, total, seconds) callback printing `done/total <what>, rate/s`: in place
-    (carriage return) or a line each call."""
+def print_progress(what, every_s=10.0):
+    """A progress(done, total, seconds) callback for a Ray Data job. On a terminal, Ray Data's own
+    progress bars show the job (rows, rate and ETA of every step) and this prints nothing. Elsewhere
+    (a log file, `ray job logs`) Ray Data's bars are turned off and this prints one plain line at
+    most every `every_s` seconds, and at the end: done/total, rate, ETA."""
+    import logging
+
+    import ray.data
+
+    on_terminal = sys.stdout.isatty()
+    ray.data.DataContext.get_current().enable_progress_bars = on_terminal
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # its note that bars are off
+    last = [float("-inf")]
 
     def show(done, total, seconds):
-        line = f"{done}/{total} {what}, {done / max(seconds, 1e-9):.2f}/s"
-        print(line if newline else f"\r{line}", end="\n" if newline else "", flush=True)
+        if on_terminal or (seconds - last[0] < every_s and done < total):
+            return
+        last[0] = seconds
+        rate = done / max(seconds, 1e-9)
+        eta = time.strftime("%H:%M:%S", time.gmtime((total - done) / rate)) if rate else "-"
+        print(f"{done}/{total} {what} ({100 * done / max(total, 1):.1f}%), {rate:.2f}/s, ETA {eta}", flush=True)
 
     return show
 

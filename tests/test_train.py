@@ -6,6 +6,7 @@ import re
 import threading
 import time
 
+import cv2
 import numpy as np
 import paddle
 import pytest
@@ -92,11 +93,43 @@ def test_plain_loop_writes_paddlex_outputs_and_resumes(tmp_path):
     assert model.predictor.class_names == ["c0", "c1", "c2"]
     assert len(list(model.predict(str(root / "images")))) == 6
 
+    # curves: TensorBoard scalars beside train.log, the PNG plot, and the points in the checkpoint state
+    assert {"train/loss", "train/lr", "val/mIoU"} <= set(event_scalars(out))
+    assert [step for step, _ in event_scalars(out)["train/loss"]] == [1, 2, 3, 4]
+    assert cv2.imread(str(out / "training_curves.png")) is not None
+    curves = json.loads((out / "iter_4" / "train_state.json").read_text())["curves"]
+    assert [p[0] for p in curves["loss"]] == [1, 2, 3, 4] and [p[0] for p in curves["mIoU"]][:1] == [2]
+
     resumed = train(tiny_cfg(root, tmp_path / "out2", f"Train.resume_path={out / 'iter_4'}", "Train.epochs_iters=6"))
     assert resumed["iters"] == 6
     log2 = (tmp_path / "out2" / "train.log").read_text()
     assert f"resumed from {out / 'iter_4'} at iteration 4" in log2
     assert "iter 5/6" in log2 and "iter 4/6" not in log2  # no iteration done twice
+    curves = json.loads((tmp_path / "out2" / "iter_6" / "train_state.json").read_text())["curves"]
+    assert [p[0] for p in curves["loss"]] == [1, 2, 3, 4, 5, 6]  # one whole curve across the two pieces
+    assert [step for step, _ in event_scalars(tmp_path / "out2")["train/loss"]] == [5, 6]
+
+
+def event_scalars(folder):
+    """{tag: [(step, value)]} read back from the TensorBoard event files in `folder` (TFRecord
+    framing: length, its CRC, the Event proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        data = (folder / name).read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
 
 
 def test_pretrained_weights_replace_the_head_and_say_so(tmp_path, checkpoint_dir):
@@ -187,6 +220,8 @@ def test_killed_worker_resumes_to_the_final_iteration(tmp_path, ray_local):
     assert resumed_at >= 5 and f"iter {resumed_at + 1}/30 loss" in after and "iter 30/30" in after
     redone = [int(n) for n in re.findall(r"iter (\d+)/30 loss", after) if int(n) <= resumed_at]
     assert redone == [], f"iterations done twice: {redone}"
+    curves = json.loads((out / "iter_30" / "train_state.json").read_text())["curves"]
+    assert [p[0] for p in curves["loss"]] == list(range(1, 31))  # one whole curve, each iteration once
 
 
 def test_optimizer_state_round_trips_between_model_instances():

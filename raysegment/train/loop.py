@@ -3,14 +3,17 @@ worker through raysegment.train.ray_train, which only supplies the data shard, t
 `report` hook.
 
 Outputs in Global.output (rank 0): train.log, config.yaml, iter_<N>/ checkpoints (last
-Train.keep_checkpoints), best_model/ (model.pdparams, model.pdopt, inference.yml, inference/) and
-train_result.json.
+Train.keep_checkpoints), best_model/ (model.pdparams, model.pdopt, inference.yml, inference/),
+train_result.json, and the curves (curves.py): TensorBoard event files and training_curves.png.
+On a terminal, rank 0 also shows a progress bar (iterations, rate, ETA, loss); elsewhere (a Ray
+Train worker, a log file) the log line every Train.log_interval iterations says the same.
 """
 
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 
 import paddle
@@ -22,6 +25,7 @@ from ..data.metrics import ConfusionMatrix
 from ..infer import Predictor, export_model, save_checkpoint
 from ..infer.engines import default_cpu_threads
 from ..models import WeightsError, build_model, load_weights
+from .curves import Curves
 from .data import local_batches, split_rows
 from .losses import training_loss
 
@@ -152,6 +156,8 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
     amp = t.amp and device.startswith("gpu")
     scaler = paddle.amp.GradScaler(enable=amp, init_loss_scaling=1024)
 
+    curves = Curves(out, state.setdefault("curves", {}), state["iter"]) if is_main else None
+    bar = _progress_bar(t.epochs_iters, state["iter"]) if is_main else None
     set_train_mode(net, t.freeze_bn)
     # images/s counts training steps only: the clock starts after the first step (data pipeline
     # and kernel warm-up) and stops while evaluating and saving
@@ -172,18 +178,23 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
             tic = time.perf_counter()
         else:
             seen += len(x)
+        if bar:
+            bar.update(1)
         if is_main and (done % t.log_interval == 0 or done == t.epochs_iters):
             elapsed = max(time.perf_counter() - tic - paused, 1e-9)
             ips = seen * world_size / elapsed
             eta = (t.epochs_iters - done) * elapsed / max(done - start_iter - 1, 1)
-            # loss.item() is a host-device sync point; only paid every log_interval
-            log.info("iter %d/%d loss %.4f lr %.6f images/s %.2f eta %s", done, t.epochs_iters, loss.item(), lr, ips,
+            loss_value = loss.item()  # a host-device sync point; only paid every log_interval
+            log.info("iter %d/%d loss %.4f lr %.6f images/s %.2f eta %s", done, t.epochs_iters, loss_value, lr, ips,
                      time.strftime("%H:%M:%S", time.gmtime(eta)))
+            curves.add(done, loss=loss_value, lr=lr, images_per_s=ips if seen else None)
+            if bar:
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
         if done % t.eval_interval == 0 or done == t.epochs_iters:
             pause_start = time.perf_counter()
             metrics, ckpt = {"iter": done}, None
             if is_main:
-                metrics.update(_evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device, cpu_threads))
+                metrics.update(_evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device, cpu_threads, curves))
                 ckpt = os.path.join(out, f"iter_{done}")
                 set_train_mode(net, t.freeze_bn)
             if report:
@@ -192,6 +203,9 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
     in_sync = workers_in_sync(net, world_size)
     if not is_main:
         return None
+    if bar:
+        bar.close()
+    curves.close()
     elapsed = max(time.perf_counter() - (tic or time.perf_counter()) - paused, 1e-9)
     return _write_result(cfg, state, elapsed, seen * world_size / elapsed, world_size, in_sync)
 
@@ -250,11 +264,13 @@ def workers_in_sync(net, world_size):
     return hi.item() == lo.item()
 
 
-def _evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device, cpu_threads):
+def _evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device, cpu_threads, curves):
     out, t = cfg.Global.output, cfg.Train
     net.eval()
     metrics = evaluate_layer(net, val_rows, class_names, device, cpu_threads) if val_rows else {"mIoU": None}
     log.info("iter %d val mIoU %s pixel accuracy %s", done, _fmt(metrics["mIoU"]), _fmt(metrics.get("pixel_accuracy")))
+    curves.add(done, mIoU=metrics["mIoU"], pixel_accuracy=metrics.get("pixel_accuracy"))
+    curves.plot()
     state["iter"] = done
     miou = metrics["mIoU"] if metrics["mIoU"] is not None else -1.0
     is_best = miou > state["best_mIoU"]
@@ -278,6 +294,24 @@ def _fmt(v):
     return "-" if v is None else f"{v:.4f}"
 
 
+def _progress_bar(total, start):
+    """A progress bar (iterations, rate, ETA) when stderr is a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="iter", dynamic_ncols=True, desc="train")
+
+
+class _Console(logging.Handler):
+    """Console lines written around a progress bar rather than through it."""
+
+    def emit(self, record):
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
 def _setup_logging(out):
     """This run's log goes to out/train.log and the console (replacing an earlier run's handlers)."""
     os.makedirs(out, exist_ok=True)
@@ -285,7 +319,7 @@ def _setup_logging(out):
         log.removeHandler(handler)
         handler.close()
     fmt = logging.Formatter("%(asctime)s %(message)s")
-    for handler in (logging.FileHandler(os.path.join(out, "train.log")), logging.StreamHandler()):
+    for handler in (logging.FileHandler(os.path.join(out, "train.log")), _Console()):
         handler.setFormatter(fmt)
         log.addHandler(handler)
     log.setLevel(logging.INFO)
