@@ -60,6 +60,8 @@ def test_default_picks_per_shape_and_says_why(inference_dir, caplog):
         assert f"{name} " in note and " ms" in note
     assert note.startswith(f"input 96x160: {engine.by_shape[(96, 160)].name}, the fastest engine whose masks equal Paddle's")
     assert [r.getMessage() for r in caplog.records if "input 96x160" in r.getMessage()]
+    kept = list(engine._runtimes.values()) + ([engine._paddle] if engine._paddle else [])
+    assert kept == [engine.by_shape[(96, 160)]]  # the engines that lost the race are dropped: only the winner holds memory
 
 
 def test_a_second_load_takes_the_choice_made_on_this_machine(inference_dir):

@@ -113,8 +113,9 @@ class ChosenEngine:
 
     def _choose(self, batch):
         shape = batch.shape[2:]
-        answer = self.paddle(batch)
-        timings, runs, remarks = {}, {self.paddle.name: self.paddle}, []  # remarks: what was dropped, and why
+        reference = self.paddle
+        answer = reference(batch)
+        timings, runs, remarks = {}, {reference.name: reference}, []  # remarks: what was dropped, and why
         for name in self.candidates:
             try:
                 engine = self._runtime(name, shape)
@@ -130,7 +131,7 @@ class ChosenEngine:
             if opted_in:
                 remarks.append(f"{engine.name} agrees with Paddle fp32 on {agreement:.2%} of the pixels")
         if self.spec.engine and len(runs) > 1:  # pinned, and it runs: no race
-            best = next(name for name in runs if name != self.paddle.name)
+            best = next(name for name in runs if name != reference.name)
         else:
             timings = {name: _best_seconds(engine, batch) for name, engine in runs.items()}
             best = min(timings, key=timings.get)
@@ -139,10 +140,20 @@ class ChosenEngine:
         what = "the pinned engine" if self.spec.engine else "the fastest engine whose masks equal Paddle's"
         note = f"input {shape[0]}x{shape[1]}: {best}, {what}" + (f" ({timed})" if timed else "") + "".join(f"; {r}" for r in remarks)
         self.notes[shape] = note
+        self._release_unused()
         _write_json(self._verdict_file(shape), {"engine": best, "note": note})
-        pinned_lost = self.spec.engine and best == self.paddle.name
+        pinned_lost = self.spec.engine and best == reference.name
         (log.warning if pinned_lost else log.info)("%s: %s", os.path.dirname(self.info.graph_file), note)
         return answer
+
+    def _release_unused(self):
+        """Drop the engines that serve no shape: each holds its own copy of the weights and buffers
+        (a process that raced three engines kept ~300 MB it never used). The Paddle reference is
+        made again if a new input shape needs it."""
+        serving = {id(engine) for engine in self.by_shape.values()}
+        self._runtimes = {key: engine for key, engine in self._runtimes.items() if id(engine) in serving}
+        if self._paddle is not None and id(self._paddle) not in serving:
+            self._paddle = None
 
     def _runtime(self, name, shape):
         path = self._onnx_path(shape)
