@@ -5,6 +5,7 @@
     python jobs/benchmark.py train                         # 256x256 crops, batch 4 per worker
     python jobs/benchmark.py train --dataset-dir ../shared/data/camvid --iters 40 -c configs/SegFormer-B0.yaml
     python jobs/benchmark.py bulk                          # 200 and 2000 images
+    python jobs/benchmark.py plan                          # planning 10k, 100k, 1M inputs
     python jobs/benchmark.py serve                         # 1, 8, 32 clients, batching on and off
     python jobs/benchmark.py models                        # all 20 models: params, GFLOPs, CPU images/s
     python jobs/benchmark.py models --models SeaFormer_tiny,PP-LiteSeg-T --size 512
@@ -15,10 +16,17 @@ predict: images/s of `create_model().predict` with save_to_img + save_to_json, a
 exported-model forward on pre-decoded, pre-normalised arrays (the compute limit), and the forward
 speed of every paddle.inference CPU mode and of dygraph.
 
-bulk: images/s of the bulk job (jobs/predict.py, a fresh local Ray, outputs written), of a
-sequential create_model().predict + save loop, and of the bare forward on pre-decoded arrays (the
-compute limit, in the faster of two CPU layouts), plus the bulk job's peak memory (RSS summed over
-its process tree: driver, Ray services and workers) at N and 10 N images.
+bulk: images/s of the bulk job (jobs/predict.py, a fresh local Ray, outputs written) with no
+tuning flags (it sizes itself) at N and 10 N images and, at 10 N, in each CPU layout set by hand
+(1 actor x C threads, C actors x 1 thread); of a sequential create_model().predict + save loop; of
+the bare forward on pre-decoded arrays (the compute limit, the faster layout); and each job's peak
+memory summed over its process tree (driver, Ray's services, workers) as RSS (shared pages once
+per process) and PSS (shared pages divided among the processes sharing them).
+
+plan: seconds and driver memory (peak growth of its anonymous memory: heap, numpy, Arrow) of planning a bulk job over a URL list of N
+inputs, half of them recorded by an earlier run: the streamed listing, the resume check and the
+blocks put into the object store; then of merging the manifest as the commit does (N lines: the
+earlier run's file and this run's part files, one per block).
 
 serve: a closed-loop load test of the Serve app (a fresh local Ray) at 1, 8 and 32 concurrent
 clients, with dynamic batching and without, bounded by --requests and --seconds per row:
@@ -277,40 +285,50 @@ def bench_train(args, work):
 # ---- bulk --------------------------------------------------------------------------------------
 
 
-def tree_rss_bytes(root_pid):
-    """RSS summed over a process and all its descendants (from /proc)."""
-    children, rss = {}, {}
+def tree_memory(root_pid):
+    """(RSS, PSS) in bytes summed over a process and all its descendants, from /proc. RSS counts a
+    page shared by several processes (libraries, the object store) once per process; PSS divides
+    it among them, so the PSS sum is what the job takes from the machine."""
+    children, totals = {}, [0, 0]
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(pid))
-            rss[int(pid)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(pid))
         except (OSError, IndexError, ValueError):
             pass
-    total, todo = 0, [root_pid]
+    todo = [root_pid]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
         todo += children.get(pid, [])
-    return total
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[-1] == "kB"}
+        except (OSError, ValueError, IndexError):
+            continue
+        totals[0] += fields.get("Rss", 0) * 1024
+        totals[1] += fields.get("Pss", 0) * 1024
+    return tuple(totals)
 
 
-def run_bulk_job(model_dir, images, out, batch_size, actors=1, threads=None):
-    """jobs/predict.py in a fresh process (its own local Ray) with `actors` predictor actors of
-    `threads` Paddle threads each, reserving the CPUs Ray Data's tasks leave; returns (summary, peak RSS bytes)."""
+def run_bulk_job(model_dir, images, out, batch_size, layout=None):
+    """jobs/predict.py in a fresh process (its own local Ray): with no tuning flags (layout None:
+    the actors, CPUs and threads it sizes itself), or `layout` = (actors, threads per actor), each
+    actor reserving an equal share of the CPUs. Returns (summary, peak RSS sum, peak PSS sum)."""
     cpus = os.cpu_count()
     cmd = [sys.executable, os.path.join(ROOT, "jobs", "predict.py"), "--model-dir", model_dir, "--input", images, "--output", out,
-           "-o", f"Ray.predict_batch_size={batch_size}", "-o", f"Predict.batch_size={batch_size}",
-           "-o", f"Ray.predict_concurrency={actors}", "-o", f"Ray.cpus_per_actor={max(cpus - 1, 1) / actors:g}",
-           "-o", f"Ray.threads_per_actor={threads or cpus}"]
+           "-o", f"Ray.predict_batch_size={batch_size}", "-o", f"Predict.batch_size={batch_size}"]
+    if layout:
+        actors, threads = layout
+        cmd += ["-o", f"Ray.predict_concurrency={actors}", "-o", f"Ray.cpus_per_actor={cpus / actors:g}",
+                "-o", f"Ray.threads_per_actor={threads}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
+    peak_rss = peak_pss = 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss_bytes(proc.pid))
+        rss, pss = tree_memory(proc.pid)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.2)
     with open(os.path.join(out, "_SUCCESS.json")) as f:
-        return json.load(f), peak
+        return json.load(f), peak_rss, peak_pss
 
 
 def _forward_worker(model_dir, images, threads, batch_size, barrier, results):
@@ -360,7 +378,6 @@ def bench_bulk(args, work):
     layouts = {f"1 process x {cpus} threads": (1, cpus), f"{cpus} processes x 1 thread": (cpus, 1)}
     limits = {name: bare_forward_rate(model_dir, paths, p, t, batch) for name, (p, t) in layouts.items()}
     best = max(limits, key=limits.get)
-    actors, threads = layouts[best]
     model = raysegment.create_model(model_dir=model_dir)
 
     def sequential():
@@ -369,27 +386,117 @@ def bench_bulk(args, work):
             res.save_to_json(os.path.join(work, "seq"))
 
     seq = rate(sequential, n, repeats=1)
-    summary_n, peak_n = run_bulk_job(model_dir, small, os.path.join(work, "bulk_n"), batch, actors, threads)
-    summary_10n, peak_10n = run_bulk_job(model_dir, large, os.path.join(work, "bulk_10n"), batch, actors, threads)
-    assert summary_n["done"] == n and summary_10n["done"] == 10 * n, (summary_n, summary_10n)
-    rows = {**{f"bare forward, pre-decoded, {name}": value for name, value in limits.items()},
-            f"sequential create_model().predict + save ({cpus} threads)": seq,
-            f"bulk job, {n} images (jobs/predict.py, outputs written)": summary_n["images_per_s"],
-            f"bulk job, {10 * n} images": summary_10n["images_per_s"]}
+    # the job as a user runs it (no tuning flags: it sizes itself to the machine), then each layout set by hand
+    runs = {"defaults, N": run_bulk_job(model_dir, small, os.path.join(work, "bulk_n"), batch),
+            "defaults, 10 N": run_bulk_job(model_dir, large, os.path.join(work, "bulk_10n"), batch)}
+    for name, layout in layouts.items():
+        runs[f"{name}, 10 N"] = run_bulk_job(model_dir, large, os.path.join(work, f"bulk_{layout[0]}x{layout[1]}"), batch, layout)
+    assert all(summary["done"] == summary["inputs"] for summary, _, _ in runs.values()), runs
+    speed = {name: summary["images_per_s"] for name, (summary, _, _) in runs.items()}
+    best_set = max((name for name in speed if not name.startswith("defaults")), key=speed.get)
     limit = limits[best]
-    ratios = {"bulk_n_over_limit": summary_n["images_per_s"] / limit, "bulk_10n_over_limit": summary_10n["images_per_s"] / limit,
-              "bulk_n_over_sequential": summary_n["images_per_s"] / seq, "peak_memory_10n_over_n": peak_10n / peak_n}
-    print_table(f"bulk benchmark: {n} and {10 * n} images 480x360, {cpus} CPUs, batch {batch}, {model_name}; "
-                f"bulk job: {actors} actor(s) x {threads} thread(s)", ("measurement", "value"), [
-                    *((f"{name} (images/s)", value) for name, value in rows.items()),
-                    (f"bulk (N) / compute limit ({best})", ratios["bulk_n_over_limit"]),
-                    ("bulk (10 N) / compute limit", ratios["bulk_10n_over_limit"]),
-                    ("bulk (N) / sequential", ratios["bulk_n_over_sequential"]),
-                    ("peak memory, N images (MB)", round(peak_n / 2**20)),
-                    ("peak memory, 10 N images (MB)", round(peak_10n / 2**20)),
-                    ("peak memory 10 N / N", ratios["peak_memory_10n_over_n"])])
-    return {"n": n, "model": model_name, "layout": {"actors": actors, "threads": threads, "batch_size": batch}, "images_per_s": rows,
-            "peak_rss_mb": {"n": peak_n / 2**20, "10n": peak_10n / 2**20}, **ratios}
+    ratios = {"defaults_over_best_layout_10n": speed["defaults, 10 N"] / speed[best_set],
+              "bulk_n_over_limit": speed["defaults, N"] / limit, "bulk_10n_over_limit": speed["defaults, 10 N"] / limit,
+              "bulk_n_over_sequential": speed["defaults, N"] / seq,
+              "peak_pss_10n_over_n": runs["defaults, 10 N"][2] / runs["defaults, N"][2]}
+    mb = {name: (round(rss / 2**20), round(pss / 2**20)) for name, (_, rss, pss) in runs.items()}
+    print_table(f"bulk benchmark: {n} (N) and {10 * n} images 480x360, {cpus} CPUs, batch {batch}, {model_name}",
+                ("measurement", "value"), [
+                    *((f"bare forward, pre-decoded, {name} (images/s)", value) for name, value in limits.items()),
+                    (f"sequential create_model().predict + save ({cpus} threads) (images/s)", seq),
+                    *((f"bulk job, {name} (images/s)", value) for name, value in speed.items()),
+                    (f"bulk defaults / best layout set by hand ({best_set}), 10 N", ratios["defaults_over_best_layout_10n"]),
+                    (f"bulk defaults / compute limit ({best}), N / 10 N", f"{ratios['bulk_n_over_limit']:.2f} / {ratios['bulk_10n_over_limit']:.2f}"),
+                    ("bulk defaults / sequential, N", ratios["bulk_n_over_sequential"]),
+                    *((f"peak memory, {name}: RSS sum / PSS sum (MB)", f"{r} / {p}") for name, (r, p) in mb.items()),
+                    ("peak PSS 10 N / N", ratios["peak_pss_10n_over_n"])])
+    return {"n": n, "model": model_name, "batch_size": batch, "images_per_s": {**limits, "sequential": seq, **speed},
+            "peak_mb_rss_pss": mb, "best_layout_by_hand": best_set, **ratios}
+
+
+# ---- plan --------------------------------------------------------------------------------------
+
+
+class HeapPeak:
+    """Peak of this process's anonymous memory (heap, numpy, Arrow; not the object store's shared
+    pages that ray.put maps in), sampled every 10 ms from /proc/self/smaps_rollup, in MB."""
+
+    def __init__(self):
+        import threading
+
+        self.peak, self.base, self._stop = 0.0, self.now(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def now():
+        with open("/proc/self/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Anonymous:")) / 1024
+
+    def _sample(self):
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.now())
+
+    def growth(self):
+        """Peak so far above the level at start, MB."""
+        self.peak = max(self.peak, self.now())
+        return self.peak - self.base
+
+
+def _plan_worker(listing, out, results):
+    """In a fresh process: plan the bulk job over `listing` into `out` (whose earlier records are
+    skipped) with the blocks put in a local Ray's object store, then merge the records as the
+    commit does; report seconds and the driver's peak heap growth."""
+    import ray
+
+    from raysegment.batch import _blocks
+    from raysegment.bulk_output import BulkRun
+    from raysegment.data.sources import list_inputs
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    heap = HeapPeak()
+    start = time.perf_counter()
+    run = BulkRun(out)
+    blocks, rows = _blocks(ray, run.plan(list_inputs(listing)), actors=2)
+    plan_s, plan_mb = time.perf_counter() - start, heap.growth()
+    for ref in blocks:  # the job records each block's results as they arrive (one part file each)
+        uris = ray.get(ref).column("uri").to_pylist()
+        run.record((u, "done", [f"{u}.png", f"{u}.json"], "") for u in uris)
+    start = time.perf_counter()
+    inputs, done = run._merge("manifest")
+    results.put({"to_do": rows, "skipped": run.skipped, "blocks": len(blocks), "plan_s": plan_s, "plan_mb": plan_mb,
+                 "merge_s": time.perf_counter() - start, "merge_mb": heap.growth(), "merged_lines": inputs})
+    ray.shutdown()
+
+
+def bench_plan(args, work):
+    """Planning a bulk job of N inputs (a URL list of N lines), half of them recorded by an earlier
+    run: seconds and driver memory of the plan (listing, resume check, blocks into the object
+    store) and of merging the manifest (the earlier run's and this run's parts, one per block)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    rows, results = [], {}
+    for n in args.sizes:
+        listing, out = os.path.join(work, f"urls_{n}.txt"), os.path.join(work, f"out_{n}")
+        with open(listing, "w") as f:
+            f.writelines(f"http://127.0.0.1:9/camera-{i % 97:02d}/frame_{i:08d}.jpg\n" for i in range(n))
+        os.makedirs(out)
+        with open(os.path.join(out, "_manifest.jsonl"), "w") as f:  # an earlier run did every other input
+            f.writelines(json.dumps({"uri": f"http://127.0.0.1:9/camera-{i % 97:02d}/frame_{i:08d}.jpg", "status": "done",
+                                     "outputs": [f"127.0.0.1_9/camera-{i % 97:02d}/frame_{i:08d}.png",
+                                                 f"127.0.0.1_9/camera-{i % 97:02d}/frame_{i:08d}.json"]}) + "\n" for i in range(0, n, 2))
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_plan_worker, args=(listing, out, queue))
+        proc.start()
+        r = queue.get()
+        proc.join()
+        assert r["to_do"] == n // 2 and r["skipped"] == (n + 1) // 2 and r["merged_lines"] == n, r
+        results[n] = r
+        rows.append((f"{n:,}", r["to_do"], r["blocks"], r["plan_s"], round(r["plan_mb"]), r["merge_s"], round(r["merge_mb"])))
+    print_table("bulk planning: N inputs in a URL list, half recorded by an earlier run (driver process)",
+                ("inputs", "to do", "blocks", "plan s", "plan MB", "merge s", "merge MB"), rows)
+    return {"sizes": results}
 
 
 # ---- serve -------------------------------------------------------------------------------------
@@ -471,7 +578,7 @@ def bench_serve(args, work):
     bodies = [json.dumps({"image": base64.b64encode(open(p, "rb").read()).decode()}).encode() for p in samples]
     # the layout bench_bulk finds fastest on CPU: one single-thread replica (and bulk actor) per CPU
     cpus, batch_size = os.cpu_count(), args.batch_size
-    bulk, _ = run_bulk_job(model_dir, make_image_dir(os.path.join(work, "images"), args.n), os.path.join(work, "bulk"), batch_size, cpus, 1)
+    bulk, _, _ = run_bulk_job(model_dir, make_image_dir(os.path.join(work, "images"), args.n), os.path.join(work, "bulk"), batch_size)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -726,7 +833,7 @@ def bench_paddlex_serve(args, work):
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", help="where to write the results (default output/benchmarks/<benchmark>.json)")
-    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,serve,models,paddlex,paddlex-serve}")
+    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,plan,serve,models,paddlex,paddlex-serve}")
 
     def add(name, fn, help, n=None, batch_size=None, model=False):
         s = sub.add_parser(name, help=help)
@@ -742,6 +849,9 @@ def parser():
     s = add("predict", bench_predict, "create_model().predict against the bare forward", n=100, batch_size=1, model=True)
     s.add_argument("--device", default="cpu")
     add("bulk", bench_bulk, "the bulk job at N and 10 N images against the compute limit", n=200, batch_size=4, model=True)
+    s = add("plan", bench_plan, "planning a bulk job of 10k, 100k, 1M inputs: seconds and driver memory")
+    s.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[10_000, 100_000, 1_000_000],
+                   help="comma-separated input counts (default 10000,100000,1000000)")
     s = add("serve", bench_serve, "closed-loop load test of the Serve app", n=200, batch_size=4, model=True)
     s.add_argument("--requests", type=int, default=120, help="most requests per row")
     s.add_argument("--seconds", type=float, default=40, help="most seconds per row")
