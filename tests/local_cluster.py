@@ -17,10 +17,20 @@ import time
 BIN = os.path.dirname(sys.executable)  # ray, python: this virtualenv's
 
 
+def free_ports(n):
+    """n distinct free ports (the sockets stay open until all are chosen, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def _processes():
@@ -53,20 +63,21 @@ class LocalCluster:
         self.root = root  # --temp-dir: short, since Ray's socket paths must fit 107 bytes
         self.env = {**(env or os.environ), "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
                     "RAY_USAGE_STATS_ENABLED": "0"}
-        self.port, self.dashboard_port = free_port(), free_port()
+        self.port, self.dashboard_port, self.client_port = free_ports(3)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
 
     def _ray_start(self, *args):
         # every agent port chosen here: two nodes on one machine must not share Ray's defaults
         # a small object store per node: Ray's default (30% of memory each) is sized for one node a machine
-        ports = ["--object-store-memory", str(300 * 2**20), "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-                 "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+        listen, grpc, metrics, runtime_env = free_ports(4)
+        ports = ["--object-store-memory", str(300 * 2**20), "--dashboard-agent-listen-port", str(listen),
+                 "--dashboard-agent-grpc-port", str(grpc), "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env)]
         subprocess.run([f"{BIN}/ray", "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *ports, *args],
                        env=self.env, check=True, capture_output=True, timeout=120)
 
     def start(self, workers=3):
         self._ray_start("--head", "--num-cpus=0", f"--port={self.port}", f"--dashboard-port={self.dashboard_port}",
-                        "--dashboard-host=127.0.0.1", f"--ray-client-server-port={free_port()}", f"--temp-dir={self.root}")
+                        "--dashboard-host=127.0.0.1", f"--ray-client-server-port={self.client_port}", f"--temp-dir={self.root}")
         for _ in range(workers):
             self.add_worker()
         self.wait_for_nodes(workers + 1)

@@ -12,7 +12,6 @@ import os
 import sys
 
 import numpy as np
-import paddle
 
 from .engine_spec import CPU_RUN_MODES, PINNED_RUN_MODES
 
@@ -30,13 +29,17 @@ class DeviceError(ValueError):
 
 
 def resolve_device(device):
-    """'cpu' | 'gpu' | 'gpu:N' | None (GPU 0 when there is one, else CPU) -> ('cpu', None) or ('gpu', N)."""
-    n_gpus = paddle.device.cuda.device_count() if paddle.device.is_compiled_with_cuda() else 0
-    if device is None:
-        return ("gpu", 0) if n_gpus else ("cpu", None)
+    """'cpu' | 'gpu' | 'gpu:N' | None (GPU 0 when there is one, else CPU) -> ('cpu', None) or ('gpu', N).
+    Only a GPU question imports Paddle: a CPU process that runs ONNX Runtime or OpenVINO never
+    loads it (~250 MB)."""
     kind, _, index = str(device).strip().lower().partition(":")
     if kind == "cpu" and not index:
         return "cpu", None
+    import paddle
+
+    n_gpus = paddle.device.cuda.device_count() if paddle.device.is_compiled_with_cuda() else 0
+    if device is None:
+        return ("gpu", 0) if n_gpus else ("cpu", None)
     if kind != "gpu" or (index and not index.isdigit()):
         raise DeviceError(f"device {device!r} is not one of cpu, gpu, gpu:N")
     if not n_gpus:
@@ -67,6 +70,8 @@ class _Reported:
 
 class LayerEngine(_Reported):
     def __init__(self, layer, device=("cpu", None), cpu_threads=None):
+        import paddle
+
         kind, gpu = device
         paddle.set_device("cpu" if kind == "cpu" else f"gpu:{gpu}")
         if kind == "cpu":
@@ -77,6 +82,8 @@ class LayerEngine(_Reported):
         self.name = f"paddle:{self.run_mode}"
 
     def __call__(self, batch):
+        import paddle
+
         with paddle.no_grad():
             logits = self.layer(paddle.to_tensor(batch))[0]
             return paddle.argmax(logits, axis=1, dtype="int32").numpy()
