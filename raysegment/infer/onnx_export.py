@@ -43,7 +43,7 @@ def onnx_file(info, shape=None):
     path = os.path.join(cache_dir(), f"{folder_key(info)}_{_shape_tag(shape)}.onnx")
     failed = path + ".failed"
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with _file_lock(path + ".lock"):  # actors on one machine convert once, the others wait for it
+    with file_lock(path + ".lock"):  # actors on one machine convert once, the others wait for it
         if not os.path.isfile(path) and not os.path.isfile(failed):
             _convert_in_child(os.path.dirname(info.graph_file), path, shape, failed)
     if os.path.isfile(failed):
@@ -91,7 +91,8 @@ _KEYS = {}  # ((file, mtime, size), ...) -> folder_key: each folder hashed once 
 
 
 @contextlib.contextmanager
-def _file_lock(path):
+def file_lock(path):
+    """An exclusive lock held by one process of this machine at a time (the file stays)."""
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
