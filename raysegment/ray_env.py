@@ -19,9 +19,10 @@ processes beat one of two threads by 1.2-1.4x):
                     Ray Data's read tasks (`spare`), in steps of 1/20 CPU and at least
                     MIN_AUTO_CPUS. GPU processes: one CPU each (the rest feed them).
     Paddle threads  the CPUs of the process's node divided by the processes placed on it.
-    read share      READ_CPUS (0.5 CPU) somewhere in the cluster for training's decode/augment tasks
-                    and for the reads in front of GPU actors; none for CPU actors, which decode
-                    inside themselves (Ray Data fuses the read step into them).
+    read share      TRAIN_DATA_CPUS (1 CPU) somewhere in the cluster for training's data pipeline
+                    (its shuffle tasks take a whole CPU), READ_CPUS (0.5) for the reads in front of
+                    GPU actors; none for CPU actors, which decode inside themselves (Ray Data fuses
+                    the read step into them).
 
 Ray decides where processes go; `Cluster.spread` places them as Ray Data and Serve do (each on the
 node with the most free CPUs that holds it) to judge what fits and how many share a node.
@@ -34,6 +35,9 @@ import os
 from dataclasses import dataclass
 
 READ_CPUS = 0.5  # what one Ray Data read/decode task reserves (training batches; reads before GPU actors)
+# kept free for training's data pipeline: its random_shuffle tasks take a whole CPU each (with half
+# a CPU left, -o Ray.num_workers=2 on 2 CPUs waited forever for one)
+TRAIN_DATA_CPUS = 1.0
 MIN_AUTO_CPUS = 0.25  # the smallest reservation chosen automatically: more processes per core only thrash
 STEP = 20  # reservations are chosen in steps of 1/STEP CPU
 
@@ -232,8 +236,12 @@ def train_workers(cfg, cluster):
     if r.num_workers == 0:
         return Placement(0, 0.0, gpus, 0, kind)
     count = parse_device(cfg.Global.device)[1] or r.num_workers
-    default = _gpu_count(cluster, gpus) if kind == "gpu" else max(sum(c >= 1 for c, _ in cluster.nodes), 1)
-    return size(cluster, kind, count, r.cpus_per_worker, gpus, None, TRAIN_KEYS, default, spare=READ_CPUS)
+    if kind == "gpu":
+        default = _gpu_count(cluster, gpus)
+    else:  # one per node with a CPU, as many as fit beside the data pipeline's CPU
+        nodes = max(sum(c >= 1 for c, _ in cluster.nodes), 1)
+        default = next((n for n in range(nodes, 0, -1) if cluster.spread(n, MIN_AUTO_CPUS, 0.0, TRAIN_DATA_CPUS) is not None), 1)
+    return size(cluster, kind, count, r.cpus_per_worker, gpus, None, TRAIN_KEYS, default, spare=TRAIN_DATA_CPUS)
 
 
 def init_ray(address=None):

@@ -65,6 +65,7 @@ class LocalCluster:
                     "RAY_USAGE_STATS_ENABLED": "0"}
         self.port, self.dashboard_port, self.client_port = free_ports(3)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.workers_started = 0
 
     def _ray_start(self, *args):
         # every agent port chosen here: two nodes on one machine must not share Ray's defaults
@@ -84,13 +85,17 @@ class LocalCluster:
         return self
 
     def add_worker(self, cpus=1):
-        self._ray_start(f"--address=127.0.0.1:{self.port}", f"--num-cpus={cpus}")
+        # a temp folder of its own, as a separate machine would have: nodes that share one also
+        # share runtime_resources/, and one node's clean-up deleted the job's unpacked working
+        # directory from under another node's actors (FileNotFoundError from os.getcwd())
+        self.workers_started += 1
+        self._ray_start(f"--address=127.0.0.1:{self.port}", f"--num-cpus={cpus}", f"--temp-dir={self.root}/n{self.workers_started}")
 
     def nodes(self):
         """[(node_id, raylet pid, CPUs)] of this cluster's live raylets."""
         out = []
         for pid, (_, argv) in _processes().items():
-            if argv and argv[0].endswith("/raylet") and any(a == f"--temp_dir={self.root}" for a in argv):
+            if argv and argv[0].endswith("/raylet") and any(a.startswith(f"--temp_dir={self.root}") for a in argv):
                 opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
                 cpus = re.search(r"(?:^|,)CPU,([\d.]+)", opts.get("static_resource_list", ""))
                 out.append((opts["node_id"], pid, float(cpus.group(1)) if cpus else 0.0))

@@ -50,10 +50,10 @@ def test_what_cannot_fit_is_refused_with_the_largest_that_would(cluster, overrid
 
 
 @pytest.mark.parametrize("cluster,overrides,expected", [
-    (TWO_CPUS, [], (1, 1.5, 0.0, 2, "cpu")),  # one worker per node, half a CPU kept for its data tasks
-    (TWO_CPUS, ["Ray.num_workers=2"], (2, 0.75, 0.0, 1, "cpu")),  # the case: fits, one thread each
-    (THREE_SMALL_NODES, [], (3, 0.5, 0.0, 1, "cpu")),  # one per worker node, each leaving half a CPU
-    (THREE_SMALL_NODES, ["Ray.num_workers=2"], (2, 1.0, 0.0, 1, "cpu")),  # the third node reads
+    (TWO_CPUS, [], (1, 1.0, 0.0, 2, "cpu")),  # one worker per node, one CPU kept for its data pipeline
+    (TWO_CPUS, ["Ray.num_workers=2"], (2, 0.5, 0.0, 1, "cpu")),  # the case: fits, one thread each
+    (THREE_SMALL_NODES, [], (2, 1.0, 0.0, 1, "cpu")),  # a worker on two nodes, the third feeds them
+    (THREE_SMALL_NODES, ["Ray.num_workers=2"], (2, 1.0, 0.0, 1, "cpu")),
     (GPU_NODES, ["Global.device=gpu"], (8, 1.0, 1.0, 4, "gpu")),
     (GPU_NODES, ["Global.device=gpu:0,1", "Ray.cpus_per_worker=4"], (2, 4.0, 1.0, 16, "gpu")),
 ])
@@ -66,9 +66,9 @@ def test_train_workers_refusals():
     assert train_workers(load_config(None, ["Ray.num_workers=0"]), None).count == 0  # in this process: no cluster needed
     with pytest.raises(ValueError, match="Global.device is cpu but Ray.use_gpu is true"):
         train_workers(load_config(None, ["Ray.use_gpu=true"]), TWO_CPUS)
-    with pytest.raises(ValueError, match=r"Ray.num_workers=2 .* 0.5 CPU left for reading and decoding; at most 1 fit"):
+    with pytest.raises(ValueError, match=r"Ray.num_workers=2 .* 1 CPU left for reading and decoding; at most 1 fit"):
         train_workers(load_config(None, ["Ray.num_workers=2", "Ray.cpus_per_worker=1"]), TWO_CPUS)
-    with pytest.raises(ValueError, match=r"at most 6 fit"):  # 0.25 CPU each at least, half a CPU kept
+    with pytest.raises(ValueError, match=r"at most 4 fit"):  # 0.25 CPU each at least, one CPU kept
         train_workers(load_config(None, ["Ray.num_workers=9"]), TWO_CPUS)
 
 

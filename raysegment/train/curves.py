@@ -47,7 +47,8 @@ class Curves:
         for ax, (key, title) in zip(axes, panels):
             pts = self.points.get(key, [])
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if key == "mIoU" else None, markersize=3)
+                few = key == "mIoU" or len(pts) <= 50  # markers, or a lone point would not show
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if few else None, markersize=3)
             ax.set_title(title)
             ax.set_xlabel("iteration")
             ax.grid(alpha=0.3)
