@@ -463,9 +463,9 @@ def _plan_worker(listing, out, results):
         uris = ray.get(ref).column("uri").to_pylist()
         run.record((u, "done", [f"{u}.png", f"{u}.json"], "") for u in uris)
     start = time.perf_counter()
-    inputs, done = run._merge("manifest")
+    summary = run.commit({})  # the merge of every recorded line, as the job's end does it
     results.put({"to_do": rows, "skipped": run.skipped, "blocks": len(blocks), "plan_s": plan_s, "plan_mb": plan_mb,
-                 "merge_s": time.perf_counter() - start, "merge_mb": heap.growth(), "merged_lines": inputs})
+                 "merge_s": time.perf_counter() - start, "merge_mb": heap.growth(), "merged_lines": summary["inputs"]})
     ray.shutdown()
 
 

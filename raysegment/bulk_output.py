@@ -79,15 +79,19 @@ class _Seen:
         # a stable sort of int64 is a radix sort in numpy: linear, where np.union1d's hash-based
         # unique took 35 s over a million inputs
         merged = np.sort(np.concatenate([self.sorted, hashes]), kind="stable")
-        self.sorted = merged[np.concatenate(([True], merged[1:] != merged[:-1]))] if len(merged) else merged
+        self.sorted = merged[_run_starts(merged)]
+
+
+def _run_starts(ranked):
+    """Mask of the first element of each run of equal values in a sorted array."""
+    return np.concatenate(([True], ranked[1:] != ranked[:-1]))[: len(ranked)]
 
 
 def _first_of_each(hashes):
     """Mask of the first occurrence of each hash, in order."""
     order = np.argsort(hashes, kind="stable")  # equal hashes keep their order: the first comes first
-    ranked = hashes[order]
     keep = np.zeros(len(hashes), bool)
-    keep[order[np.concatenate(([True], ranked[1:] != ranked[:-1]))] if len(hashes) else order] = True
+    keep[order[_run_starts(hashes[order])]] = True
     return keep
 
 

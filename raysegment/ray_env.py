@@ -125,7 +125,6 @@ class Keys:
     cpus: str
     gpus: str
     device: str
-    threads: str = "threads"
 
 
 def device_and_gpus(device, gpus, keys):
@@ -193,8 +192,8 @@ def _gpu_count(cluster, gpus):
     return max(math.floor(cluster.gpus / gpus + 1e-9), 1)
 
 
-PREDICT_KEYS = Keys("Ray.predict_concurrency", "Ray.cpus_per_actor", "Ray.gpus_per_actor", "Global.device", "Ray.threads_per_actor")
-SERVE_KEYS = Keys("num_replicas", "cpus_per_replica", "gpus_per_replica", "device", "threads_per_replica")
+PREDICT_KEYS = Keys("Ray.predict_concurrency", "Ray.cpus_per_actor", "Ray.gpus_per_actor", "Global.device")
+SERVE_KEYS = Keys("num_replicas", "cpus_per_replica", "gpus_per_replica", "device")
 TRAIN_KEYS = Keys("Ray.num_workers", "Ray.cpus_per_worker", "GPU per worker", "Global.device")
 
 

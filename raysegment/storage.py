@@ -127,18 +127,29 @@ def write_bytes(uri, data):
         bucket, key = split_s3(uri)
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
-    folder = os.path.dirname(os.path.abspath(uri))
-    os.makedirs(folder, exist_ok=True)
+    _write_whole(uri, lambda f: f.write(data))
+
+
+def _write_whole(uri, fill):
+    """`fill(binary file)` writes the content into a temporary file, which then becomes `uri`
+    whole: renamed into place locally, uploaded (multipart when large) to S3."""
+    local = not is_s3(uri)
+    folder = os.path.dirname(os.path.abspath(uri)) if local else None
+    if local:
+        os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(uri))
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, uri)
-    except BaseException:
+            fill(f)
+        if local:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
+            os.replace(tmp, uri)
+        else:
+            bucket, key = split_s3(uri)
+            s3_client().upload_file(tmp, bucket, key)
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
 
 
 def delete(uri):
@@ -196,23 +207,6 @@ def iter_lines(uri):
 
 
 def write_lines(uri, lines):
-    """Write text lines as one whole file, streamed: through a local temporary file, then a rename
-    locally or a (multipart) upload to S3; a reader never sees part of it."""
-    if not is_s3(uri):
-        folder = os.path.dirname(os.path.abspath(uri))
-        os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=None if is_s3(uri) else folder, prefix=".tmp-",
-                                     suffix=os.path.basename(uri), delete=False) as f:
-        tmp = f.name
-        for line in lines:
-            f.write(line + "\n")
-    try:
-        if is_s3(uri):
-            bucket, key = split_s3(uri)
-            s3_client().upload_file(tmp, bucket, key)
-        else:
-            os.chmod(tmp, 0o666 & ~_UMASK)
-            os.replace(tmp, uri)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write text lines as one whole file, streamed (a manifest of a million lines is never held
+    whole); a reader never sees part of it."""
+    _write_whole(uri, lambda f: f.writelines((line + "\n").encode("utf-8") for line in lines))
