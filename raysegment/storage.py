@@ -4,6 +4,8 @@ S3 goes through boto3 with the standard AWS configuration (environment, ~/.aws/c
 `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` for MinIO or a moto server, so the same code talks to all.
 """
 
+import contextlib
+import fcntl
 import functools
 import os
 import tempfile
@@ -19,6 +21,17 @@ os.umask(_UMASK)
 
 class StorageError(OSError):
     pass
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive lock held by one process of this machine at a time (the file stays)."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def is_url(uri):

@@ -26,7 +26,8 @@ import time
 
 from . import runtimes
 from .engines import PROBE_AGREEMENT, InferenceEngine, default_cpu_threads, error_line
-from .onnx_export import ConversionError, cache_dir, file_lock, folder_key, onnx_file
+from ..storage import file_lock
+from .onnx_export import ConversionError, cache_dir, folder_key, onnx_file
 
 log = logging.getLogger(__name__)
 

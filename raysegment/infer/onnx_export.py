@@ -14,13 +14,13 @@ graph and weights, the shape and the paddle2onnx version, so each machine conver
 failed conversion is cached too (as its reason), so it is not retried on every load.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import os
 import subprocess
 import sys
+
+from ..storage import file_lock
 
 CACHE_ENV = "RAYSEGMENT_CACHE_DIR"
 OPSET = 17
@@ -88,17 +88,6 @@ def folder_key(info):
 
 
 _KEYS = {}  # ((file, mtime, size), ...) -> folder_key: each folder hashed once per process
-
-
-@contextlib.contextmanager
-def file_lock(path):
-    """An exclusive lock held by one process of this machine at a time (the file stays)."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def folder_weights(info):

@@ -19,12 +19,6 @@ from .model_files import ModelFolderError, ModelInfo, read_model_folder
 RESIZE_DEFAULTS = {"keep_ratio": True, "size_divisor": 32, "interp": "LINEAR"}
 
 
-def official_model_dir(model_name):
-    """Where PaddleX caches official inference folders (PADDLE_PDX_CACHE_HOME, default ~/.paddlex)."""
-    home = os.environ.get("PADDLE_PDX_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".paddlex")
-    return os.path.join(home, "official_models", model_name)
-
-
 def check_target_size(size, name="target_size"):
     ok = (
         size is None
@@ -116,17 +110,15 @@ class Predictor:
 
 
 def load_predictor(model_name=None, model_dir=None, device=None, target_size=None, num_classes=None, **kw):
-    """A Predictor for `model_dir`, or for the official folder PaddleX caches for `model_name`."""
+    """A Predictor for `model_dir`, or for PaddleX's official folder of `model_name` (from PaddleX's
+    cache, downloaded there when missing: raysegment/downloads.py)."""
     if model_dir is None:
         if model_name is None:
             raise ValueError("pass a model_name or a model_dir")
-        model_dir = official_model_dir(check_model_name(model_name))
-        if not os.path.isdir(model_dir):
-            raise ModelFolderError(
-                f"no weights for {model_name}: pass model_dir= (an exported inference folder or a checkpoint), "
-                f"or put the official PaddleX inference folder at {model_dir} (downloads are not possible here)"
-            )
+        from ..downloads import fetch_official_model
+
+        model_dir = fetch_official_model(check_model_name(model_name))
     return Predictor.load(model_dir, model_name, device, target_size, num_classes, **kw)
 
 
-__all__ = ["Predictor", "load_predictor", "official_model_dir"]
+__all__ = ["Predictor", "load_predictor"]

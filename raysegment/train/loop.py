@@ -24,7 +24,9 @@ from ..data.labels import default_class_names
 from ..data.metrics import ConfusionMatrix
 from ..infer import Predictor, export_model, save_checkpoint
 from ..infer.engines import default_cpu_threads
+from ..downloads import fetch_file
 from ..models import WeightsError, build_model, load_weights
+from ..storage import is_url
 from .curves import Curves
 from .data import local_batches, split_rows
 from .losses import training_loss
@@ -62,7 +64,10 @@ def set_train_mode(net, freeze_bn):
 
 def load_pretrained(net, path, head_prefixes):
     """Full-model weights (a classifier head for another class count is replaced, and said so) or
-    backbone-only weights (keys without 'backbone.'). Strict otherwise."""
+    backbone-only weights (keys without 'backbone.'). Strict otherwise. An http(s) URL is
+    downloaded once into PaddleX's cache, as PaddleX does with its configs' weight URLs."""
+    if is_url(path):
+        path = fetch_file(path)
     try:
         skipped = load_weights(net, path)
     except WeightsError:
