@@ -23,7 +23,8 @@ from .data.dataset import Problem, iter_split, read_class_names, read_pair
 from .data.image import ImageError, decode_image
 from .data.labels import LabelError
 from .data.metrics import ConfusionMatrix
-from .data.sources import list_inputs
+from .data.pdf import is_pdf
+from .data.sources import list_inputs, load_pages
 from .infer.model_files import read_model_folder
 from .ray_env import READ_CPUS, Cluster, init_ray, predict_actors
 
@@ -35,18 +36,24 @@ def _ragged(arrays):
 
 
 def read_images(batch, max_pixels, max_bytes):
-    """Ray Data step: URIs -> decoded RGB images; a row that fails keeps its error and a 1x1 image."""
-    images, errors, seconds = [], [], []
+    """Ray Data step: URIs -> decoded RGB images; a row that fails keeps its error and a 1x1 image.
+    A PDF is left to the actor (a 1x1 image, `pdf` true), so its pages stay one row and one
+    manifest line, all written or none."""
+    images, errors, seconds, pdf = [], [], [], []
     for uri in batch["uri"]:
         start = time.perf_counter()
-        try:
-            images.append(decode_image(storage.read_bytes(uri, max_bytes=max_bytes), name=uri, max_pixels=max_pixels))
-            errors.append("")
-        except (ImageError, storage.StorageError) as e:
-            images.append(np.zeros((1, 1, 3), np.uint8))
-            errors.append(f"{type(e).__name__}: {e}")
+        image, error = np.zeros((1, 1, 3), np.uint8), ""
+        pdf.append(is_pdf(uri))
+        if not pdf[-1]:
+            try:
+                image = decode_image(storage.read_bytes(uri, max_bytes=max_bytes), name=uri, max_pixels=max_pixels)
+            except (ImageError, storage.StorageError) as e:
+                error = f"{type(e).__name__}: {e}"
+        images.append(image)
+        errors.append(error)
         seconds.append(time.perf_counter() - start)
-    return {**batch, "image": _ragged(images), "error": np.array(errors, dtype=object), "read_s": np.array(seconds)}
+    return {**batch, "image": _ragged(images), "error": np.array(errors, dtype=object), "read_s": np.array(seconds),
+            "pdf": np.array(pdf)}
 
 
 def read_pairs(batch):
@@ -73,12 +80,13 @@ class PredictorActor:
         from .infer import Predictor
 
         self.batch_size = predict.batch_size
+        self.max_pixels, self.max_bytes = predict.max_image_pixels, predict.max_image_bytes
         self.predictor = Predictor.load(model_dir, device=placement.device, engine=predict.engine_spec(placement.threads),
                                         target_size=predict.target_size if resize else None)
 
     def predict_good_rows(self, batch):
         """(indices of the rows read without error, their label maps)."""
-        good = [i for i, e in enumerate(batch["error"]) if not e]
+        good = [i for i, e in enumerate(batch["error"]) if not e and not batch.get("pdf", [False] * len(batch["error"]))[i]]
         masks = self.predictor.predict([batch["image"][i] for i in good], batch_size=self.batch_size) if good else []
         return good, masks
 
@@ -95,15 +103,33 @@ class PredictActor(PredictorActor):
         start = time.perf_counter()
         good, masks = self.predict_good_rows(batch)
         per_image = (time.perf_counter() - start) / max(len(good), 1)
-        outputs = ["[]"] * len(batch["uri"])
+        outputs, errors = ["[]"] * len(batch["uri"]), list(batch["error"])
         for i, mask in zip(good, masks):
             timings = {"read_decode": round(float(batch["read_s"][i]), 4), "inference": round(per_image, 4)}
             outputs[i] = json.dumps(self.writer.write(batch["uri"][i], batch["rel"][i], batch["image"][i], mask, timings))
-        status = ["error" if e else "done" for e in batch["error"]]
+        for i in np.flatnonzero(batch["pdf"]):
+            try:
+                outputs[i] = json.dumps(self._pdf(batch["uri"][i], batch["rel"][i]))
+            except (ImageError, storage.StorageError) as e:
+                errors[i] = f"{type(e).__name__}: {e}"
+        status = ["error" if e else "done" for e in errors]
         engine = self.predictor.engine
         return {"uri": batch["uri"], "status": np.array(status, dtype=object), "outputs": np.array(outputs, dtype=object),
-                "error": batch["error"], "engine": np.array([engine.run_mode] * len(status), dtype=object),
+                "error": np.array(errors, dtype=object), "engine": np.array([engine.run_mode] * len(status), dtype=object),
                 "engine_reasons": np.array(["\n".join(engine.reasons)] * len(status), dtype=object)}
+
+
+    def _pdf(self, uri, rel):
+        """Every page of a PDF: outputs named <stem>_<page index> (PaddleX's naming); all or none."""
+        start = time.perf_counter()
+        pages = load_pages(uri, uri, self.max_pixels, self.max_bytes)
+        read_s = (time.perf_counter() - start) / len(pages)
+        start = time.perf_counter()
+        masks = self.predictor.predict([img for _, img in pages], batch_size=self.batch_size)
+        timings = {"read_decode": round(read_s, 4), "inference": round((time.perf_counter() - start) / len(pages), 4)}
+        stem, ext = os.path.splitext(rel)
+        return [name for (index, img), mask in zip(pages, masks)
+                for name in self.writer.write(uri, f"{stem}_{index}{ext}", img, mask, timings, page_index=index)]
 
 
 class EvalActor(PredictorActor):

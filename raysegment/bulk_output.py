@@ -5,6 +5,8 @@ For an input at `a/b/img.jpg` under its root, in OUT (a local folder or an s3://
     OUT/a/b/img.png          label map: palette PNG of class ids (data/labels.py), lossless
     OUT/a/b/img.json         source URI, size, model, class names, per-class pixel counts, timings
     OUT/a/b/img_vis.jpg      overlay (Predict.save_visualization)
+    OUT/a/doc_0.png ...      a PDF's pages, each as an image, named by page index (0, 1, ...) as
+                             PaddleX names them; its JSON says page_index; one manifest line for the PDF
     OUT/_manifest.jsonl      one line per input: uri, status (done | error), outputs
     OUT/_errors.jsonl        uri, error type, message
     OUT/_SUCCESS.json        counts, throughput, model, config
@@ -40,7 +42,7 @@ class ImageWriter:
     def __init__(self, output, model_name, class_names, visualize=False):
         self.output, self.model_name, self.class_names, self.visualize = output, model_name, class_names, visualize
 
-    def write(self, uri, rel, image, mask, timings):
+    def write(self, uri, rel, image, mask, timings, page_index=None):
         """Mask PNG, overlay, then JSON (last: its presence means the others are whole); returns
         the output names relative to OUT."""
         stem = os.path.splitext(rel)[0]
@@ -52,7 +54,7 @@ class ImageWriter:
         names = self.class_names or default_class_names(int(mask.max(initial=0)) + 1)
         meta = {"uri": str(uri), "width": int(mask.shape[1]), "height": int(mask.shape[0]), "model": self.model_name,
                 "mask": os.path.basename(files[0]), "class_names": names, "pixel_counts": pixel_counts(mask, self.class_names),
-                "timings_s": timings}
+                "timings_s": timings, **({"page_index": page_index} if page_index is not None else {})}
         storage.write_bytes(storage.join(self.output, files[1]), json.dumps(meta).encode())
         return files
 

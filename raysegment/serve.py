@@ -10,6 +10,8 @@
                    with the image in field "file"
         -> {"logId", "width", "height", "model", "class_names", "pixel_counts",
             "mask": {"encoding": "png+base64", "shape": [h, w], "data": ...}}
+                   a PDF (application/pdf, or any of the above holding PDF bytes): each page rendered
+        -> {"logId", "model", "class_names", "pages": [{"page_index", "width", "height", "pixel_counts", "mask"}]}
     GET  /health   {"logId", "errorCode": 0, "errorMsg": "Healthy"}, as PaddleX answers
     GET  /ready    the model, its classes, device and batching
 
@@ -40,6 +42,7 @@ from . import storage
 from .config import ServeOptions, parse_options
 from .data.image import ImageError, ImageTooLarge, decode_image, encode_image
 from .data.labels import encode_label_png, pixel_counts
+from .data.pdf import is_pdf, render_pages
 from .data.visualize import colorize
 from .ray_env import Cluster, Placement, init_ray, serve_replicas
 
@@ -149,6 +152,19 @@ def decode(data, opts):
         raise RequestError(400, str(e)) from None
 
 
+def render_pdf(data, opts):
+    try:
+        return render_pages(data, name="the PDF", max_pixels=opts.max_image_pixels)
+    except ImageError as e:
+        raise RequestError(400, str(e)) from None
+
+
+def _mask_fields(mask, names):
+    h, w = mask.shape
+    return {"width": w, "height": h, "pixel_counts": pixel_counts(mask, names),
+            "mask": {"encoding": "png+base64", "shape": [h, w], "data": base64.b64encode(encode_label_png(mask)).decode()}}
+
+
 def parse_target_size(value):
     from .infer.predictor import check_target_size
 
@@ -192,7 +208,7 @@ class Segmenter:
                 masks[i] = mask
         return masks
 
-    async def _image_from_request(self, request):
+    async def _bytes_from_request(self, request):
         content_type = _content_type(request)
         if content_type == "multipart/form-data":
             body = await read_body(request, self.opts.max_body_bytes)
@@ -205,12 +221,13 @@ class Segmenter:
             if upload is None or isinstance(upload, str):
                 raise RequestError(422, "multipart request has no file field named 'file'; send the image as file=@image.jpg")
             data = await upload.read()
-        elif content_type.startswith("image/") or content_type == "application/octet-stream":
+        elif content_type.startswith("image/") or content_type in ("application/pdf", "application/octet-stream"):
             data = await read_body(request, self.opts.max_body_bytes)
         else:
-            raise RequestError(415, f"content type {content_type or '(none)'!r} is not accepted here; send the image bytes "
-                                    "as image/* or application/octet-stream, or multipart/form-data with a 'file' field")
-        return await asyncio.to_thread(decode, data, self.opts)
+            raise RequestError(415, f"content type {content_type or '(none)'!r} is not accepted here; send the image (or PDF) "
+                                    "bytes as image/*, application/pdf or application/octet-stream, or multipart/form-data "
+                                    "with a 'file' field")
+        return data
 
     @api.post("/semantic-segmentation")
     async def semantic_segmentation(self, request: Request):
@@ -242,14 +259,15 @@ class Segmenter:
 
     @api.post("/predict")
     async def predict(self, request: Request):
-        rgb = await self._image_from_request(request)
-        mask = await self.segment((rgb, None))
-        h, w = mask.shape
+        data = await self._bytes_from_request(request)
         names = self.predictor.class_names
-        png = base64.b64encode(encode_label_png(mask)).decode()
-        return _json({"logId": str(uuid.uuid4()), "width": w, "height": h, "model": self.predictor.model_name,
-                      "class_names": names, "pixel_counts": pixel_counts(mask, names),
-                      "mask": {"encoding": "png+base64", "shape": [h, w], "data": png}})
+        head = {"logId": str(uuid.uuid4()), "model": self.predictor.model_name, "class_names": names}
+        if is_pdf(data=data):  # every page, each a request to the batcher, answered together
+            pages = await asyncio.to_thread(render_pdf, data, self.opts)
+            masks = await asyncio.gather(*(self.segment((rgb, None)) for rgb in pages))
+            return _json({**head, "pages": [{"page_index": i, **_mask_fields(m, names)} for i, m in enumerate(masks)]})
+        mask = await self.segment((await asyncio.to_thread(decode, data, self.opts), None))
+        return _json({**head, **_mask_fields(mask, names)})
 
     @api.get("/health")
     async def health(self):

@@ -14,6 +14,7 @@ import urllib.request
 from urllib.parse import urlparse
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+INPUT_SUFFIXES = IMAGE_SUFFIXES + (".pdf",)  # what prediction takes: images, and PDFs page by page
 HTTP_TIMEOUT_S = 30
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -42,8 +43,8 @@ def is_s3(uri):
     return isinstance(uri, str) and uri.startswith("s3://")
 
 
-def is_image_name(name):
-    return name.lower().endswith(IMAGE_SUFFIXES)
+def is_input_name(name):
+    return name.lower().endswith(INPUT_SUFFIXES)
 
 
 @functools.cache
@@ -201,8 +202,9 @@ def list_files(uri, suffixes):
     return sorted(iter_files(uri, suffixes))
 
 
-def iter_images(uri):
-    return iter_files(uri, IMAGE_SUFFIXES)
+def iter_inputs(uri):
+    """Images and PDFs under a folder or prefix."""
+    return iter_files(uri, INPUT_SUFFIXES)
 
 
 def iter_lines(uri):

@@ -44,6 +44,18 @@ def png_bytes(img):
     return cv2.imencode(".png", img)[1].tobytes()
 
 
+def pdf_bytes(*images_rgb):
+    """A PDF with one page per RGB image, each page the image's size in points (Pillow writes it)."""
+    import io
+
+    from PIL import Image
+
+    pages = [Image.fromarray(img) for img in images_rgb]
+    buf = io.BytesIO()
+    pages[0].save(buf, "PDF", resolution=72.0, save_all=True, append_images=pages[1:])
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="session")
 def tiny_layer():
     """An untrained PP-LiteSeg-T with 3 classes, in eval mode (weights fixed by seed)."""

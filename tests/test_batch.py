@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import raysegment
-from conftest import jpeg_bytes, png_bytes, random_image
+from conftest import jpeg_bytes, pdf_bytes, png_bytes, random_image
 from raysegment import bulk_output, storage
 from raysegment.batch import PredictActor, predict_bulk
 from raysegment.config import load_config
@@ -194,3 +194,27 @@ def test_the_plan_streams_in_chunks_and_keeps_every_input_once(tmp_path, monkeyp
     assert len(manifest) == len({m["uri"] for m in manifest}) == 523
     errors = [json.loads(line) for line in (tmp_path / "_errors.jsonl").read_text().splitlines()]
     assert sorted(e["uri"] for e in errors) == ["x2", "x3"] and {e["error"] for e in errors} == {"OutputCollision"}
+
+
+def test_pdf_inputs_give_one_output_per_page_and_one_manifest_line(tmp_path, inference_dir, model, ray_local):
+    from raysegment.data.pdf import render_pages
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "report.pdf").write_bytes(pdf_bytes(random_image(48, 64, seed=21), random_image(40, 40, seed=22)))
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.7 cut short")
+    (docs / "photo.jpg").write_bytes(jpeg_bytes(random_image(30, 40, seed=23)))
+    out = tmp_path / "out"
+    summary = bulk(inference_dir, str(docs), str(out), 2)
+    assert (summary["inputs"], summary["done"], summary["errors"]) == (3, 2, 1)
+    manifest = {os.path.basename(m["uri"]): m for m in read_jsonl((out / "_manifest.jsonl").read_text())}
+    assert manifest["report.pdf"]["outputs"] == ["report_0.png", "report_0.json", "report_1.png", "report_1.json"]
+    assert manifest["broken.pdf"]["status"] == "error"
+    (error,) = read_jsonl((out / "_errors.jsonl").read_text())
+    assert error["error"] == "ImageError" and "not a readable PDF" in error["message"]
+    for index, page in enumerate(render_pages((docs / "report.pdf").read_bytes())):
+        (want,) = model.predict(np.ascontiguousarray(page[:, :, ::-1]))
+        np.testing.assert_array_equal(decode_label((out / f"report_{index}.png").read_bytes()), want["pred"][0])
+        meta = json.loads((out / f"report_{index}.json").read_text())
+        assert meta["page_index"] == index and meta["uri"] == str(docs / "report.pdf")
+    assert bulk(inference_dir, str(docs), str(out), 2)["skipped_already_done"] == 3  # a rerun redoes nothing

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import raysegment
-from conftest import CLASS_NAMES, jpeg_bytes, png_bytes, random_image
+from conftest import CLASS_NAMES, jpeg_bytes, pdf_bytes, png_bytes, random_image
 from raysegment.data.image import ImageError
 from raysegment.infer import ModelFolderError, Predictor, decode_mask, save_checkpoint
 from raysegment.infer.engines import DeviceError
@@ -314,3 +314,28 @@ def test_predictor_from_layer_matches_reference(tiny_layer):
     img = random_image(50, 70, seed=5)
     (mask,) = predictor.predict([img])
     np.testing.assert_array_equal(mask, reference_mask(tiny_layer, img))
+
+
+def test_pdf_pages_are_predicted_with_their_page_index(model, tmp_path):
+    from raysegment.data.pdf import render_pages
+
+    pages = [random_image(48, 64, seed=11), random_image(40, 56, seed=12)]
+    pdf = tmp_path / "docs" / "doc.pdf"
+    pdf.parent.mkdir()
+    pdf.write_bytes(pdf_bytes(*pages))
+    (tmp_path / "docs" / "photo.jpg").write_bytes(jpeg_bytes(pages[0]))
+    rendered = render_pages(pdf.read_bytes())
+    assert [r.shape for r in rendered] == [(96, 128, 3), (80, 112, 3)]  # PaddleX's scale 2
+    # a page renders as the picture it holds (JPEG-compressed by Pillow's PDF writer)
+    assert np.abs(cv2.resize(rendered[0], (64, 48), interpolation=cv2.INTER_AREA).astype(int) - pages[0]).mean() < 8
+    results = list(model.predict(str(tmp_path / "docs"), batch_size=2))
+    assert [(os.path.basename(r["input_path"]), r["page_index"]) for r in results] == [("doc.pdf", 0), ("doc.pdf", 1), ("photo.jpg", None)]
+    for res, page in zip(results, rendered):
+        (want,) = model.predict(np.ascontiguousarray(page[:, :, ::-1]))
+        np.testing.assert_array_equal(res["pred"], want["pred"])
+        assert res.json["res"]["page_index"] == res["page_index"]
+    assert os.path.basename(results[1].save_to_img(str(tmp_path / "vis"))) == "doc_1_res.png"
+    assert os.path.basename(results[1].save_to_json(str(tmp_path / "vis"))) == "doc_1_res.json"
+    (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    with pytest.raises(ImageError, match="bad.pdf is not a readable PDF"):
+        list(model.predict(str(tmp_path / "bad.pdf")))

@@ -16,7 +16,7 @@ import raysegment
 from raysegment.config import ConfigError
 from raysegment.infer import decode_mask
 
-from conftest import jpeg_bytes, png_bytes, random_image, serve_folder
+from conftest import jpeg_bytes, pdf_bytes, png_bytes, random_image, serve_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIXEL_LIMIT = 300 * 300
@@ -138,6 +138,21 @@ def test_predict_route_takes_raw_bytes_and_multipart(service, model):
     np.testing.assert_array_equal(decode_mask(multi["mask"]), mask)
 
 
+def test_predict_route_takes_a_pdf_page_by_page(service, model):
+    from raysegment.data.pdf import render_pages
+
+    pdf = pdf_bytes(random_image(40, 60, seed=8), random_image(30, 30, seed=9))
+    for content_type in ("application/pdf", "application/octet-stream"):
+        status, answer = post(f"{service}/predict", pdf, content_type)
+        assert status == 200, answer
+        assert [p["page_index"] for p in answer["pages"]] == [0, 1] and answer["model"] == "PP-LiteSeg-T"
+        for page, rgb in zip(answer["pages"], render_pages(pdf)):
+            assert (page["height"], page["width"]) == rgb.shape[:2]
+            np.testing.assert_array_equal(decode_mask(page["mask"]), expected(model, rgb))
+    status, answer = post(f"{service}/predict", b"%PDF-1.4 nothing more", "application/pdf")
+    assert status == 400 and "not a readable PDF" in answer["errorMsg"], answer
+
+
 def test_health_and_ready(service):
     status, _ = post(f"{service}/semantic-segmentation", {"image": b64(jpeg_bytes(random_image(40, 56, seed=5)))})
     assert status == 200
@@ -187,7 +202,7 @@ BAD_REQUESTS = {
     "host not allowed": ("/urls/semantic-segmentation", {"image": "http://example.com/a.jpg"}, "application/json", 403, "url_allowlist"),
     "link-local host": ("/urls/semantic-segmentation", {"image": "http://169.254.169.254/latest/meta-data"}, "application/json", 403, "link-local"),
     "wrong content type": ("/semantic-segmentation", b"image=abc", "application/x-www-form-urlencoded", 415, "application/json"),
-    "JSON to the raw route": ("/predict", {"image": "AAAA"}, "application/json", 415, "image/*"),
+    "JSON to the raw route": ("/predict", {"image": "AAAA"}, "application/json", 415, "application/pdf"),
     "multipart without file": ("/predict", b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
                                "multipart/form-data; boundary=b", 422, "'file'"),
 }

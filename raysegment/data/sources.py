@@ -1,6 +1,6 @@
 """Expand what a user passes to `predict` or the bulk job into single inputs, lazily.
 
-An input is an ndarray (predict only), a file path, a directory (its images, recursively, sorted),
+An input is an ndarray (predict only), a file path, a directory (its images and PDFs, recursively, sorted),
 a glob, a text file of URIs, an http(s) URL, an s3:// URI or prefix, or a list of those.
 """
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import storage
 from .image import ImageError, decode_image, to_rgb8
+from .pdf import is_pdf, render_pages
 
 LIST_SUFFIXES = (".txt", ".lst")
 
@@ -31,23 +32,23 @@ def list_inputs(inputs):
         if storage.is_url(spec):
             yield {"uri": spec, "rel": _rel_for_url(spec)}
         elif storage.is_s3(spec):
-            if storage.is_image_name(spec):
+            if storage.is_input_name(spec):
                 yield {"uri": spec, "rel": spec.rsplit("/", 1)[-1]}
             else:
                 prefix = spec.rstrip("/") + "/"
-                for uri in storage.iter_images(prefix):
+                for uri in storage.iter_inputs(prefix):
                     yield {"uri": uri, "rel": uri[len(prefix):]}
         elif spec.lower().endswith(LIST_SUFFIXES) and os.path.isfile(spec):
             for line in storage.iter_lines(spec):  # streamed: a list of a million URLs is never held whole
                 if line.strip() and not line.lstrip().startswith("#"):
                     yield from list_inputs(line.strip())
         elif os.path.isdir(spec):
-            for path in storage.iter_images(spec):
+            for path in storage.iter_inputs(spec):
                 yield {"uri": path, "rel": os.path.relpath(path, spec).replace(os.sep, "/")}
         elif any(c in spec for c in "*?["):
             root = spec[: min(spec.index(c) for c in "*?[" if c in spec)].rsplit("/", 1)[0] or "."
             for path in sorted(glob.glob(spec, recursive=True)):
-                if storage.is_image_name(path):
+                if storage.is_input_name(path):
                     yield {"uri": path, "rel": os.path.relpath(path, root).replace(os.sep, "/")}
         else:
             yield {"uri": spec, "rel": os.path.basename(spec)}  # a file; a missing one becomes an error row
@@ -69,12 +70,16 @@ def iter_inputs(inputs):
             found = True
             yield entry["uri"], entry["uri"]
         if not found:
-            raise storage.StorageError(f"{os.fspath(item)!r} has no images ({', '.join(storage.IMAGE_SUFFIXES)})")
+            raise storage.StorageError(f"{os.fspath(item)!r} has no images or PDFs ({', '.join(storage.INPUT_SUFFIXES)})")
 
 
-def load_rgb(uri, item, max_pixels=None):
-    """(uri, item) from iter_inputs -> (H, W, 3) uint8 RGB. Arrays are taken as OpenCV gives them
-    (BGR, BGRA or gray; 8 or 16 bit), as PaddleX takes them."""
+def load_pages(uri, item, max_pixels=None, max_bytes=None):
+    """(uri, item) from iter_inputs -> [(page_index, (H, W, 3) uint8 RGB)]: one page (index None)
+    for an image, every page (0, 1, ...) for a PDF. Arrays are taken as OpenCV gives them (BGR,
+    BGRA or gray; 8 or 16 bit), as PaddleX takes them."""
     if isinstance(item, np.ndarray):
-        return to_rgb8(item, name="array input", max_pixels=max_pixels)
-    return decode_image(storage.read_bytes(item), name=uri, max_pixels=max_pixels)
+        return [(None, to_rgb8(item, name="array input", max_pixels=max_pixels))]
+    data = storage.read_bytes(item, max_bytes=max_bytes)
+    if is_pdf(uri, data):
+        return list(enumerate(render_pages(data, name=uri, max_pixels=max_pixels)))
+    return [(None, decode_image(data, name=uri, max_pixels=max_pixels))]

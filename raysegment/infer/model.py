@@ -1,6 +1,6 @@
 """What `raysegment.create_model` returns: PaddleX's predictor interface over our Predictor."""
 
-from ..data.sources import iter_inputs, load_rgb
+from ..data.sources import iter_inputs, load_pages
 from .engine_spec import engine_spec
 from .predictor import check_target_size, load_predictor
 from .result import SegResult
@@ -24,7 +24,8 @@ class SegModel:
         return self.predictor.model_name
 
     def predict(self, input, batch_size=1, target_size=None):
-        """Yield one SegResult per input image, reading and predicting `batch_size` at a time.
+        """Yield one SegResult per input image (per page of a PDF, with its `page_index`), reading
+        and predicting `batch_size` at a time.
 
         A bad input (missing file, unreadable URL, non-image bytes) raises an error naming it;
         the bulk job (raysegment.batch) is the one that records errors and goes on.
@@ -34,17 +35,18 @@ class SegModel:
         target_size = check_target_size(target_size)
         batch = []
         for uri, item in iter_inputs(input):
-            batch.append((uri, load_rgb(uri, item, self.max_image_pixels)))
-            if len(batch) == batch_size:
-                yield from self._run(batch, target_size)
-                batch = []
+            for page_index, img in load_pages(uri, item, self.max_image_pixels):
+                batch.append((uri, page_index, img))
+                if len(batch) == batch_size:
+                    yield from self._run(batch, target_size)
+                    batch = []
         if batch:
             yield from self._run(batch, target_size)
 
     __call__ = predict
 
     def _run(self, batch, target_size):
-        masks = self.predictor.predict([img for _, img in batch], target_size)
-        for (uri, img), mask in zip(batch, masks):
-            yield SegResult(uri, img, mask[None], self.predictor.class_names)
+        masks = self.predictor.predict([img for _, _, img in batch], target_size)
+        for (uri, page_index, img), mask in zip(batch, masks):
+            yield SegResult(uri, img, mask[None], self.predictor.class_names, page_index)
 

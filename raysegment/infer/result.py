@@ -49,6 +49,8 @@ class SegResult(dict):
             return self._stem, ".png"
         name = os.path.basename(str(path).split("?")[0].rstrip("/"))
         stem, suffix = os.path.splitext(name)
+        if self["page_index"] is not None:  # a PDF page: doc.pdf page 2 -> doc_2, as PaddleX names it
+            stem = f"{stem}_{self['page_index']}"
         return stem, suffix if _is_type(name, "image/") else ".png"
 
     def _res_json(self, mask=True):
