@@ -16,9 +16,7 @@ Connects to --address (or RAY_ADDRESS) when set, else starts a local Ray.
 
 import argparse
 import os
-import signal
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,27 +33,10 @@ def main(argv=None):
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or a local Ray")
     args = parser.parse_args(argv)
 
-    from raysegment.ray_env import init_ray
-    from raysegment.serve import load_serve_config, start
+    from raysegment.serve import load_serve_config, serve_forever
 
-    opts = load_serve_config(args.config, args.override, model_dir=args.model_dir, host=args.host, port=args.port)
-    init_ray(args.address)
-    stop = []
-    # after ray.init, whose own SIGTERM handler would replace an earlier one; before deploying, so a
-    # SIGTERM that comes as soon as the service answers is ours
-    signal.signal(signal.SIGTERM, lambda *_: stop.append("SIGTERM"))
-    url = start(opts, ray_address=args.address)
-    print(f"serving {opts.model_dir} at {url} (POST /semantic-segmentation, POST /predict, GET /ready); Ctrl-C stops", flush=True)
-    try:
-        while not stop:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        stop.append("Ctrl-C")
-    finally:
-        from ray import serve
-
-        serve.shutdown()
-    print(f"{stop[0] if stop else 'stopped'}: service shut down", flush=True)
+    serve_forever(load_serve_config(args.config, args.override, model_dir=args.model_dir, host=args.host, port=args.port),
+                  ray_address=args.address)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
         res.print()
         res.save_to_img("output/")
         res.save_to_json("output/")
+
+    pipeline = raysegment.create_pipeline(pipeline="semantic_segmentation")  # or a PaddleX pipeline YAML
 """
 
 import os
@@ -21,6 +23,7 @@ warnings.filterwarnings("ignore", message=r"\s*Non compatible API")
 
 from .config import ConfigError, load_config  # noqa: E402  (light: no Paddle)
 from .models import MODELS, build_model  # noqa: E402  (the registry: architectures load when built)
+from .pipeline import create_pipeline  # noqa: E402  (light: the model loads when the pipeline is made)
 
 __version__ = "0.1.0"
 
@@ -52,4 +55,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'raysegment' has no attribute {name!r}")
 
 
-__all__ = ["create_model", "build_model", "load_config", "ConfigError", "MODELS", "SegModel", "__version__"]
+__all__ = ["create_model", "create_pipeline", "build_model", "load_config", "ConfigError", "MODELS", "SegModel", "__version__"]

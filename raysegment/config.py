@@ -191,10 +191,12 @@ class ServeOptions:
     engine: str | None = field(default=None, metadata=_choice(None, *PADDLEX_ENGINE_NAMES))
     engine_config: EngineConfigSection = field(default_factory=EngineConfigSection)
     run_mode: str | None = field(default=None, metadata=_choice(None, *PINNED_RUN_MODES))
+    use_hpip: bool = False
+    hpi_config: HpiConfigSection = field(default_factory=HpiConfigSection)
 
     def engine_spec(self, cpu_threads=None):
-        return engine_spec(self.engine, dataclasses.asdict(self.engine_config), run_mode=self.run_mode,
-                           default_cpu_threads=cpu_threads)
+        return engine_spec(self.engine, dataclasses.asdict(self.engine_config), self.use_hpip, dataclasses.asdict(self.hpi_config),
+                           run_mode=self.run_mode, default_cpu_threads=cpu_threads)
 
     # dynamic batching: a forward pass takes up to max_batch_size waiting requests; 1 turns it off
     max_batch_size: int = field(default=8, metadata=_min(1))
@@ -216,6 +218,41 @@ class ServeOptions:
     # URL inputs: off unless enabled, and then only http(s) to these host names (or host:port)
     allow_url_inputs: bool = False
     url_allowlist: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SegModuleSection:
+    """A pipeline's SubModules.SemanticSegmentation, with PaddleX's keys."""
+
+    module_name: str = field(default="semantic_segmentation", metadata=_choice("semantic_segmentation"))
+    model_name: str = "PP-LiteSeg-T"
+    model_dir: str | None = None  # null: PaddleX's official folder of model_name, downloaded into its cache
+    batch_size: int = field(default=1, metadata=_min(1))  # images per forward pass
+    target_size: int | list[int] | None = None  # None: the model folder's; -1: no resize; N; [w, h]
+    # the engine keys, as create_model takes them; unset: the pipeline's (top-level keys, then arguments)
+    engine: str | None = field(default=None, metadata=_choice(None, *PADDLEX_ENGINE_NAMES))
+    engine_config: EngineConfigSection | None = None
+    use_hpip: bool | None = None
+    hpi_config: HpiConfigSection | None = None
+
+
+@dataclass
+class SubModulesSection:
+    SemanticSegmentation: SegModuleSection = field(default_factory=SegModuleSection)
+
+
+@dataclass
+class PipelineConfig:
+    """PaddleX's pipeline YAML (paddlex/configs/pipelines/semantic_segmentation.yaml) as a schema:
+    its defaults are PaddleX's file; an unknown key is refused by name."""
+
+    pipeline_name: str = field(default="semantic_segmentation", metadata=_choice("semantic_segmentation"))
+    SubModules: SubModulesSection = field(default_factory=SubModulesSection)
+    device: str | None = None
+    engine: str | None = field(default=None, metadata=_choice(None, *PADDLEX_ENGINE_NAMES))
+    engine_config: EngineConfigSection | None = None
+    use_hpip: bool = False
+    hpi_config: HpiConfigSection | None = None
 
 
 def parse_options(cls, raw, where, overrides=()):

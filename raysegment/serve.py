@@ -326,6 +326,29 @@ def load_serve_config(path=None, overrides=(), **flags):
     return parse_options(ServeOptions, args, "args", overrides)
 
 
+def serve_forever(opts, ray_address=None, what=None):
+    """Deploy the app for `opts` and keep it up until Ctrl-C or SIGTERM, then shut Serve down."""
+    import signal
+    import time
+
+    init_ray(ray_address)
+    stop = []
+    # after ray.init, whose own SIGTERM handler would replace an earlier one; before deploying, so a
+    # SIGTERM that comes as soon as the service answers is ours
+    signal.signal(signal.SIGTERM, lambda *_: stop.append("SIGTERM"))
+    url = start(opts, ray_address=ray_address)
+    print(f"serving {what or opts.model_dir} at {url} (POST /semantic-segmentation, POST /predict, GET /ready); "
+          "Ctrl-C stops", flush=True)
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        stop.append("Ctrl-C")
+    finally:
+        serve.shutdown()
+    print(f"{stop[0] if stop else 'stopped'}: service shut down", flush=True)
+
+
 def start(opts, ray_address=None, name="segmentation"):
     """Deploy the app for `opts` (ServeOptions) on Ray (connecting or starting a local one) with
     its HTTP proxy on opts.host:opts.port; returns the base URL. `serve.shutdown()` stops it."""

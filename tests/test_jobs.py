@@ -82,10 +82,11 @@ def test_check_dataset_cli_passes_and_fails(tmp_path):
 
 
 def test_main_module_dispatches_on_global_mode(tmp_path):
+    """`python -m raysegment -c ...` and the `raysegment` console script: PaddleX's main.py."""
     from conftest import make_dataset
 
     root = make_dataset(tmp_path / "ds")
-    done = subprocess.run([sys.executable, "-m", "raysegment", "-c", CONFIG, "-o", "Global.mode=check_dataset",
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "raysegment"), "-c", CONFIG, "-o", "Global.mode=check_dataset",
                            "-o", f"Global.dataset_dir={root}", "-o", f"Global.output={tmp_path / 'o'}"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr

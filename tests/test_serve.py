@@ -258,8 +258,23 @@ def test_build_app_refuses_bad_args(inference_dir, tmp_path):
     assert (opts.host, opts.port, opts.max_batch_size, opts.allow_url_inputs) == ("127.0.0.1", 9000, 2, False)
 
 
-def test_serve_job_answers_then_stops_cleanly_on_sigterm(inference_dir, tmp_path):
-    """jobs/serve.py as a user runs it: its own local Ray, a real request, then SIGTERM."""
+PADDLEX_PIPELINE_FILE = """
+pipeline_name: semantic_segmentation
+
+SubModules:
+  SemanticSegmentation:
+    module_name: semantic_segmentation
+    model_name: PP-LiteSeg-T
+    model_dir: {model_dir}
+    batch_size: 1
+    target_size: None
+"""  # PaddleX's own pipeline file (paddlex/configs/pipelines/semantic_segmentation.yaml), model_dir filled in
+
+
+@pytest.mark.parametrize("command", ["jobs/serve.py", "raysegment --serve"])
+def test_serve_commands_answer_then_stop_cleanly_on_sigterm(command, inference_dir, tmp_path):
+    """jobs/serve.py, and `raysegment --serve --pipeline` on a PaddleX pipeline file, as a user runs
+    them: their own local Ray, a real request, then SIGTERM."""
     import signal
     import subprocess
     import sys
@@ -267,8 +282,15 @@ def test_serve_job_answers_then_stops_cleanly_on_sigterm(inference_dir, tmp_path
 
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "jobs", "serve.py"), "--model-dir", inference_dir, "--port", str(port),
-                             "-o", "threads_per_replica=1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    if command == "jobs/serve.py":
+        argv = [sys.executable, os.path.join(ROOT, "jobs", "serve.py"), "--model-dir", inference_dir, "--port", str(port),
+                "-o", "threads_per_replica=1"]
+    else:
+        pipeline = tmp_path / "pipeline.yaml"
+        pipeline.write_text(PADDLEX_PIPELINE_FILE.format(model_dir=inference_dir))
+        argv = [os.path.join(os.path.dirname(sys.executable), "raysegment"), "--serve", "--pipeline", str(pipeline),
+                "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -280,9 +302,13 @@ def test_serve_job_answers_then_stops_cleanly_on_sigterm(inference_dir, tmp_path
                 assert proc.poll() is None, proc.stdout.read()
                 time.sleep(1)
         else:
-            pytest.fail("jobs/serve.py did not become ready in 120 s")
+            pytest.fail(f"{command} did not become ready in 120 s")
         status, answer = post(f"http://127.0.0.1:{port}/predict", jpeg_bytes(random_image(40, 60, seed=9)), "image/jpeg")
         assert status == 200 and (answer["width"], answer["height"]) == (60, 40)
+        img = random_image(40, 60, seed=10)
+        status, answer = post(f"http://127.0.0.1:{port}/semantic-segmentation", {"image": b64(png_bytes(img[:, :, ::-1]))})
+        assert status == 200, answer
+        np.testing.assert_array_equal(label_map(answer), expected(raysegment.create_model(model_dir=inference_dir), img))
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
