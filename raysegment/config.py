@@ -9,6 +9,7 @@ Override values are parsed as YAML (so `true`, `3`, `[512, 512]`, `null` work); 
 takes `1e-3`, which YAML 1.1 would read as a string. Nothing is rewritten silently.
 """
 
+import copy
 import dataclasses
 import types
 from dataclasses import dataclass, field
@@ -305,6 +306,12 @@ def load_config(path=None, overrides=(), where=None):
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(raw, overrides)
+
+
+def config_from_dict(raw, overrides=()):
+    """A Config from a dict of sections (e.g. `cfg.to_dict()`) and `Section.key=value` overrides."""
+    raw = copy.deepcopy(raw)  # overrides must not change the caller's dict
     for item in overrides:
         _apply_override(raw, item)
     cfg = _build(Config, raw, "config")

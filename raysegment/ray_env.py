@@ -8,6 +8,7 @@ refused with the largest value that would fit. The three front doors read their 
     predict_actors(cfg, cluster)    Global.device + Ray.predict_concurrency / cpus_per_actor / gpus_per_actor / threads_per_actor
     serve_replicas(opts, cluster)   ServeOptions device / num_replicas / cpus_per_replica / gpus_per_replica / threads_per_replica
     train_workers(cfg, cluster)     Global.device + Ray.num_workers / use_gpu / cpus_per_worker
+    tune_trials(cfg, cluster, n)    the same keys, per trial of a Tune experiment (jobs/tune.py)
 
 Defaults (what `jobs/benchmark.py bulk` measured fastest: on 2 cores, two single-thread
 processes beat one of two threads by 1.2-1.4x):
@@ -241,6 +242,38 @@ def train_workers(cfg, cluster):
         nodes = max(sum(c >= 1 for c, _ in cluster.nodes), 1)
         default = next((n for n in range(nodes, 0, -1) if cluster.spread(n, MIN_AUTO_CPUS, 0.0, TRAIN_DATA_CPUS) is not None), 1)
     return size(cluster, kind, count, r.cpus_per_worker, gpus, None, TRAIN_KEYS, default, spare=TRAIN_DATA_CPUS)
+
+
+def tune_trials(cfg, cluster, trials, max_concurrent=None):
+    """(each trial's training Placement, the Ray resources of a trial's own process, trials run at
+    once) for a Tune experiment of `trials` training runs.
+
+    Ray.num_workers=0: each trial trains in its own process, reserving Ray.cpus_per_worker (null:
+    1 CPU; with a GPU, 1 CPU and the GPU). Otherwise each trial is a Ray Train run of
+    Ray.num_workers workers (null: 1; gpu:0,1 lists them) of Ray.cpus_per_worker each (null: 1),
+    with TRAIN_DATA_CPUS for its data pipeline, driven by a trial process that reserves nothing.
+    As many trials run at once as fit the cluster, at most `max_concurrent` (None: no cap)."""
+    r = cfg.Ray
+    kind, gpus = train_device(cfg)
+    cpus = r.cpus_per_worker or 1.0
+    threads = max(math.floor(cpus + 1e-9), 1)
+    in_process = r.num_workers == 0
+    workers = 1 if in_process else (parse_device(cfg.Global.device)[1] or r.num_workers or 1)
+    spare = 0.0 if in_process else TRAIN_DATA_CPUS
+
+    def fits(n):
+        return cluster.spread(n * workers, cpus, gpus) is not None and cluster.cpus - n * workers * cpus >= n * spare - 1e-9
+
+    if not fits(1):
+        raise ValueError(f"one trial ({workers} x {cpus:g} CPUs (Ray.cpus_per_worker)" + (f" and {gpus:g} GPUs" if gpus else "")
+                         + (f", plus {spare:g} CPU for its data pipeline" if spare else "")
+                         + f") does not fit this cluster ({cluster}); lower Ray.cpus_per_worker or Ray.num_workers")
+    limit = min(trials, max_concurrent or trials)
+    concurrent = next(n for n in range(limit, 0, -1) if fits(n))
+    placement = Placement(0 if in_process else workers, cpus, gpus, threads, kind)
+    # a Ray Train trial's own process only waits; Tune refuses an empty request, so it asks for 1 MiB of memory
+    trial_resources = {"cpu": cpus, "gpu": gpus} if in_process else {"cpu": 0, "memory": 1 << 20}
+    return placement, trial_resources, concurrent
 
 
 def init_ray(address=None):

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from raysegment.config import ServeOptions, load_config, parse_options
-from raysegment.ray_env import Cluster, parse_device, predict_actors, serve_replicas, train_workers
+from raysegment.ray_env import Cluster, parse_device, predict_actors, serve_replicas, train_workers, tune_trials
 
 
 TWO_CPUS = Cluster(((2.0, 0.0),))
@@ -84,6 +84,26 @@ def test_serve_replicas_use_the_same_rules():
         serve_replicas(opts(device="cpu", gpus_per_replica=0.5), GPU_NODES)
     with pytest.raises(ValueError, match="num_replicas=3 .* at most 2 fit"):
         serve_replicas(opts(num_replicas=3, cpus_per_replica=1), TWO_CPUS)
+
+
+@pytest.mark.parametrize("cluster, overrides, trials, cap, expected", [
+    # in-process trials: one CPU each by default, as many at once as there are CPUs
+    (Cluster(((2.0, 0.0),)), ["Ray.num_workers=0"], 3, None, (0, 1.0, 1, {"cpu": 1.0, "gpu": 0.0}, 2)),
+    (Cluster(((2.0, 0.0),)), ["Ray.num_workers=0"], 3, 1, (0, 1.0, 1, {"cpu": 1.0, "gpu": 0.0}, 1)),
+    # Ray Train trials: a worker and a CPU for the data pipeline each; the trial process reserves no CPU
+    (Cluster(((2.0, 0.0),)), [], 3, None, (1, 1.0, 1, {"cpu": 0, "memory": 1 << 20}, 1)),
+    (Cluster(((4.0, 0.0), (4.0, 0.0))), [], 8, None, (1, 1.0, 1, {"cpu": 0, "memory": 1 << 20}, 4)),
+    (Cluster(((4.0, 0.0), (4.0, 0.0))), ["Ray.num_workers=2", "Ray.cpus_per_worker=1.5"], 8, None, (2, 1.5, 1, {"cpu": 0, "memory": 1 << 20}, 2)),
+    (Cluster(((8.0, 4.0),)), ["Global.device=gpu:0,1"], 4, None, (2, 1.0, 1, {"cpu": 0, "memory": 1 << 20}, 2)),
+])
+def test_tune_trials_run_as_many_at_once_as_fit(cluster, overrides, trials, cap, expected):
+    placement, resources, concurrent = tune_trials(load_config(None, overrides), cluster, trials, cap)
+    assert (placement.count, placement.cpus, placement.threads, resources, concurrent) == expected
+
+
+def test_a_tune_trial_that_cannot_fit_is_refused():
+    with pytest.raises(ValueError, match=r"one trial \(1 x 3 CPUs \(Ray.cpus_per_worker\), plus 1 CPU for its data pipeline\) does not fit"):
+        tune_trials(load_config(None, ["Ray.cpus_per_worker=3"]), Cluster(((2.0, 0.0),)), 2)
 
 
 def test_parse_device():

@@ -292,7 +292,8 @@ def _evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device
     old = sorted((int(d.split("_")[1]) for d in os.listdir(out) if d.startswith("iter_")), reverse=True)[t.keep_checkpoints:]
     for n in old:
         shutil.rmtree(os.path.join(out, f"iter_{n}"), ignore_errors=True)
-    return {"mIoU": metrics["mIoU"], "pixel_accuracy": metrics.get("pixel_accuracy"), "best_mIoU": state["best_mIoU"]}
+    return {"mIoU": metrics["mIoU"], "pixel_accuracy": metrics.get("pixel_accuracy"), "best_mIoU": state["best_mIoU"],
+            "best_iter": state["best_iter"]}
 
 
 def _fmt(v):

@@ -168,14 +168,20 @@ def with_absolute_paths(cfg):
     )
 
 
-def fit(cfg):
-    """Train as the config says: on Ray Train workers, or in this process when Ray.num_workers is 0."""
+def fit(cfg, workers=None):
+    """Train as the config says: on Ray Train workers, or in this process when Ray.num_workers is 0.
+    workers: a Placement chosen by the caller (Tune sizes its trials), else sized to the cluster.
+    Inside a Ray Tune trial, every evaluation's metrics (rank 0's) are reported to Tune. A rerun
+    into the same Global.output resumes from its newest checkpoint."""
     cfg = with_absolute_paths(cfg)
     rows = validate(cfg)
-    workers = train_workers(cfg, None if cfg.Ray.num_workers == 0 else Cluster.of(init_ray(cfg.Ray.address)))
+    if workers is None:
+        workers = train_workers(cfg, None if cfg.Ray.num_workers == 0 else Cluster.of(init_ray(cfg.Ray.address)))
     use_gpu = workers.device == "gpu"
     if workers.count == 0:
-        return train(cfg, device="gpu:0" if use_gpu else "cpu")
+        resume = None if cfg.Train.resume_path else newest_local_checkpoint(cfg.Global.output)
+        return train(cfg, report=_tune_report() if _in_tune() else None, resume_dir=resume,
+                     device="gpu:0" if use_gpu else "cpu", cpu_threads=workers.threads or None)
     check_global_batch(rows, cfg.Train.batch_size, workers.count)
 
     import ray.train
@@ -194,10 +200,48 @@ def fit(cfg):
         # a fixed name under the output folder: rerunning the same command resumes from the last checkpoint
         run_config=ray.train.RunConfig(name="ray_train", storage_path=cfg.Ray.storage_path or os.path.join(out, "ray_results"),
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.Ray.max_failures),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.Train.keep_checkpoints)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.Train.keep_checkpoints),
+                                       callbacks=_tune_callbacks() if _in_tune() else []),
         datasets={"train": ray_dataset(rows, AugmentSpec.from_train(cfg.Train))},
     )
     trainer.fit()
     with open(os.path.join(out, "train_result.json")) as f:
         return json.load(f)
 
+
+def _in_tune():
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    return _in_tune_session()
+
+
+def _tune_report():
+    """train()'s report hook in an in-process Tune trial: the metrics go to Tune."""
+    import ray.tune
+
+    return lambda metrics, _: ray.tune.report({k: v for k, v in metrics.items() if v is not None})
+
+
+def _tune_callbacks():
+    """Ray Train callbacks in a Tune trial: Ray's TuneReportCallback hands rank 0's reports to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return [TuneReportCallback()]
+
+
+def newest_local_checkpoint(out):
+    """The newest whole iter_<N> folder train() saved in `out` (its train_state.json, written
+    last, parses), or None."""
+    from .loop import STATE_FILE
+
+    found = []
+    for name in os.listdir(out) if os.path.isdir(out) else []:
+        match = re.fullmatch(r"iter_(\d+)", name)
+        if match:
+            try:
+                with open(os.path.join(out, name, STATE_FILE)) as f:
+                    json.load(f)
+                found.append((int(match.group(1)), os.path.join(out, name)))
+            except (OSError, ValueError):
+                pass  # cut short by a kill: not a checkpoint
+    return max(found)[1] if found else None
