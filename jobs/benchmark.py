@@ -144,7 +144,8 @@ def bench_predict(args, work):
 
     import raysegment
     from raysegment.data.image import decode_image
-    from raysegment.infer.engines import CPU_RUN_MODES, InferenceEngine, LayerEngine, resolve_device
+    from raysegment.infer.engine_spec import CPU_RUN_MODES
+    from raysegment.infer.engines import InferenceEngine, LayerEngine, resolve_device
     from raysegment.infer.export import load_checkpoint
 
     model_dir, model_name = model_folder(args, work)

@@ -88,7 +88,7 @@ def test_static_shape_models_convert_per_shape_and_cap_it(inference_dir):
     shapes = [(64, 64 + 32 * i) for i in range(MAX_STATIC_SHAPES + 1)]
     for h, w in shapes:
         engine(_inputs(model, h, w, n=1))
-    files = sorted(f for f in os.listdir(cache_dir()) if f.startswith(f"PP-LiteSeg-T_") and f.endswith(".onnx"))
+    files = sorted(f for f in os.listdir(cache_dir()) if f.startswith("PP-LiteSeg-T_") and f.endswith(".onnx"))
     assert {f"{h}x{w}" for h, w in shapes[:-1]} <= {f.rsplit("_", 1)[1].removesuffix(".onnx") for f in files}
     assert all(engine.by_shape[s].name == "onnxruntime" for s in shapes[:-1])
     last = shapes[-1]

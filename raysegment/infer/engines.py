@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from .engine_spec import CPU_RUN_MODES, PINNED_RUN_MODES
+from .engine_spec import PINNED_RUN_MODES
 
 log = logging.getLogger(__name__)
 
