@@ -52,7 +52,8 @@ def load_pipeline_config(pipeline=None, config=None):
             raise ConfigError(f"pipeline file {path!r} is not valid YAML: {e}") from None
         if not isinstance(config, dict):
             raise ConfigError(f"pipeline file {path!r} must hold a mapping, got {type(config).__name__}")
-    module = (config.get("SubModules") or {}).get("SemanticSegmentation")
+    modules = config.get("SubModules")
+    module = modules.get("SemanticSegmentation") if isinstance(modules, dict) else None
     if isinstance(module, dict) and module.get("target_size") == "None":
         # PaddleX's own file writes `target_size: None`, which YAML reads as the string "None";
         # PaddleX takes it as no target size, and so do we
