@@ -78,11 +78,13 @@ class PredictorActor:
 
     def __init__(self, model_dir, predict, placement, resize=True):
         from .infer import Predictor
+        from .infer.predictor import check_slide
 
         self.batch_size = predict.batch_size
         self.max_pixels, self.max_bytes = predict.max_image_pixels, predict.max_image_bytes
         self.predictor = Predictor.load(model_dir, device=placement.device, engine=predict.engine_spec(placement.threads),
-                                        target_size=predict.target_size if resize else None)
+                                        target_size=predict.target_size if resize else None,
+                                        slide=check_slide(predict.slide_window, predict.slide_stride))
 
     def predict_good_rows(self, batch):
         """(indices of the rows read without error, their label maps)."""

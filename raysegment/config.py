@@ -142,6 +142,10 @@ class PredictSection:
     # None: the model folder's setting; -1: no resize; N: N x N; [w, h]
     target_size: int | list[int] | None = None
     save_visualization: bool = False
+    # slide mode (huge images): windows of slide_window pixels ([w, h] or N) of the resized input,
+    # every slide_stride pixels (null: 3/4 of the window); null: whole images
+    slide_window: int | list[int] | None = None
+    slide_stride: int | list[int] | None = None
     max_image_pixels: int = field(default=40_000_000, metadata=_min(1))
     max_image_bytes: int = field(default=100_000_000, metadata=_min(1))
     kernel_option: KernelOptionSection = field(default_factory=KernelOptionSection)
@@ -212,6 +216,8 @@ class ServeOptions:
     gpus_per_replica: float | None = field(default=None, metadata=_min(0.0))  # null: 1 when device is gpu, else 0
     threads_per_replica: int | None = field(default=None, metadata=_min(1))  # null: its node's CPUs over the replicas there
     target_size: int | list[int] | None = None  # a request's targetSize wins
+    slide_window: int | list[int] | None = None  # slide mode for huge images, as Predict.slide_window
+    slide_stride: int | list[int] | None = None
     visualize: bool = False  # whether answers carry the overlay when a request does not say
     max_body_bytes: int = field(default=20_000_000, metadata=_min(1))
     max_image_pixels: int = field(default=40_000_000, metadata=_min(1))
@@ -265,7 +271,18 @@ def parse_options(cls, raw, where, overrides=()):
     options = _build(cls, raw, where)
     if hasattr(options, "engine_spec"):
         _check_engine(options, where)
+    if hasattr(options, "slide_window"):
+        _check_slide(options, where)
     return options
+
+
+def _check_slide(section, where):
+    from .infer.predictor import check_slide  # light: numpy and the model registry, not Paddle
+
+    try:
+        return check_slide(section.slide_window, section.slide_stride, (f"{where}.slide_window", f"{where}.slide_stride"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_engine(section, where):
@@ -328,6 +345,7 @@ def _check_model(cfg):
     if cfg.Train.min_scale > cfg.Train.max_scale:
         raise ConfigError(f"Train.min_scale ({cfg.Train.min_scale}) is above Train.max_scale ({cfg.Train.max_scale})")
     _check_engine(cfg.Predict, "Predict")
+    _check_slide(cfg.Predict, "Predict")
     size = cfg.Predict.target_size
     if isinstance(size, int) and size != -1 and size < 1 or isinstance(size, list) and (len(size) != 2 or min(size) < 1):
         raise ConfigError(f"Predict.target_size: expected -1, a positive int or [width, height], got {size!r}")

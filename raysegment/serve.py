@@ -183,11 +183,12 @@ class Segmenter:
 
     def __init__(self, options, placement):
         from .infer import Predictor
+        from .infer.predictor import check_slide
 
         self.opts = o = parse_options(ServeOptions, options, "args")
         placement = Placement(**placement)  # sized by build_app against the cluster
         self.predictor = Predictor.load(o.model_dir, device=placement.device, target_size=o.target_size,
-                                        engine=o.engine_spec(placement.threads))
+                                        engine=o.engine_spec(placement.threads), slide=check_slide(o.slide_window, o.slide_stride))
         self.device = placement.device
         self.segment.set_max_batch_size(o.max_batch_size)
         self.segment.set_batch_wait_timeout_s(o.batch_wait_timeout_s)

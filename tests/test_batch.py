@@ -218,3 +218,14 @@ def test_pdf_inputs_give_one_output_per_page_and_one_manifest_line(tmp_path, inf
         meta = json.loads((out / f"report_{index}.json").read_text())
         assert meta["page_index"] == index and meta["uri"] == str(docs / "report.pdf")
     assert bulk(inference_dir, str(docs), str(out), 2)["skipped_already_done"] == 3  # a rerun redoes nothing
+
+
+def test_slide_mode_reaches_the_bulk_actors(tmp_path, inference_dir, ray_local):
+    images = tmp_path / "big"
+    images.mkdir()
+    (images / "scan.png").write_bytes(png_bytes(random_image(300, 420, seed=31)))
+    out = tmp_path / "out"
+    summary = bulk(inference_dir, str(images), str(out), None, "Predict.slide_window=[128,96]", "Predict.slide_stride=[96,64]")
+    assert summary["done"] == 1
+    (want,) = raysegment.create_model(model_dir=inference_dir, slide_window=(128, 96), slide_stride=(96, 64)).predict(str(images / "scan.png"))
+    np.testing.assert_array_equal(decode_label((out / "scan.png").read_bytes()), want["pred"][0])

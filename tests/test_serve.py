@@ -53,8 +53,9 @@ def service(ray_local, inference_dir, maskformer_dir, www):
               "batch_wait_timeout_s": 0.02, "max_image_pixels": PIXEL_LIMIT, "max_body_bytes": BODY_LIMIT}
     serve.run(build_app(common), name="seg", route_prefix="/")
     allowed = www.split("//")[1]
-    serve.run(build_app({**common, "allow_url_inputs": True, "url_allowlist": [allowed, "169.254.169.254"]}),
-              name="urls", route_prefix="/urls")
+    # the URL app also slides (128 x 128 windows): every image of the URL tests is smaller than that
+    serve.run(build_app({**common, "allow_url_inputs": True, "url_allowlist": [allowed, "169.254.169.254"], "slide_window": 128,
+                         "slide_stride": 96}), name="urls", route_prefix="/urls")
     serve.run(build_app({**common, "model_dir": maskformer_dir}), name="maskformer", route_prefix="/maskformer")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -136,6 +137,14 @@ def test_predict_route_takes_raw_bytes_and_multipart(service, model):
     status, multi = post(f"{service}/predict", body, f"multipart/form-data; boundary={boundary}")
     assert status == 200, multi
     np.testing.assert_array_equal(decode_mask(multi["mask"]), mask)
+
+
+def test_an_app_with_slide_window_predicts_window_by_window(service, inference_dir):
+    img = random_image(200, 300, seed=12)
+    status, answer = post(f"{service}/urls/predict", png_bytes(img[:, :, ::-1]), "image/png")
+    assert status == 200, answer
+    slid = raysegment.create_model(model_dir=inference_dir, slide_window=128, slide_stride=96)
+    np.testing.assert_array_equal(decode_mask(answer["mask"]), expected(slid, img))
 
 
 def test_predict_route_takes_a_pdf_page_by_page(service, model):

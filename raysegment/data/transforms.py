@@ -54,3 +54,19 @@ def restore_mask(label_map, width, height):
     if label_map.shape == (height, width):
         return label_map
     return cv2.resize(label_map, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def window_spans(length, window, stride):
+    """Sliding windows along one side of `length` pixels -> [(start, core_start, core_end)].
+
+    Windows of `window` pixels start every `stride` pixels, the last one flush with the end (so
+    every window is whole and they all share one shape); a window as long as the side or longer is
+    the side itself. Each pixel belongs to the core of exactly one window: where two windows
+    overlap, the boundary is the middle of the overlap, so every pixel is predicted by the window
+    in which it lies furthest from an edge (the context a window's border lacks is what makes seams).
+    """
+    if window >= length:
+        return [(0, 0, length)]
+    starts = list(range(0, length - window, stride)) + [length - window]
+    cuts = [0] + [(nxt + cur + window) // 2 for cur, nxt in zip(starts, starts[1:])] + [length]
+    return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]

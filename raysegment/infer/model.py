@@ -2,7 +2,7 @@
 
 from ..data.sources import iter_inputs, load_pages
 from .engine_spec import engine_spec
-from .predictor import check_target_size, load_predictor
+from .predictor import check_slide, check_target_size, load_predictor
 from .result import SegResult
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # same default as Predict.max_image_pixels
@@ -15,9 +15,10 @@ class SegModel:
 
     @classmethod
     def create(cls, model_name, model_dir, device, target_size, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
-               engine=None, engine_config=None, use_hpip=False, hpi_config=None, **kw):
+               engine=None, engine_config=None, use_hpip=False, hpi_config=None, slide_window=None, slide_stride=None, **kw):
         spec = engine_spec(engine, engine_config, use_hpip, hpi_config, kw.pop("run_mode", None), kw.pop("cpu_threads", None))
-        return cls(load_predictor(model_name, model_dir, device, target_size, engine=spec, **kw), max_image_pixels)
+        slide = check_slide(slide_window, slide_stride)
+        return cls(load_predictor(model_name, model_dir, device, target_size, engine=spec, slide=slide, **kw), max_image_pixels)
 
     @property
     def model_name(self):

@@ -30,17 +30,41 @@ def check_target_size(size, name="target_size"):
     return tuple(size) if isinstance(size, list) else size
 
 
+def check_slide(window, stride=None, names=("slide_window", "slide_stride")):
+    """(window, stride) as ((w, h), (w, h)), or None when `window` is None. An int N means (N, N);
+    stride None: three quarters of the window (a quarter of overlap)."""
+    if window is None:
+        if stride is not None:
+            raise ValueError(f"{names[1]} is set but {names[0]} is not; set {names[0]} to slide")
+        return None
+
+    def pair(value, name):
+        value = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if not (isinstance(value, (list, tuple)) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            raise ValueError(f"{name} must be a positive int or (width, height), got {value!r}")
+        return tuple(value)
+
+    window = pair(window, names[0])
+    stride = pair(stride, names[1]) if stride is not None else tuple(max(w * 3 // 4, 1) for w in window)
+    if any(s > w for s, w in zip(stride, window)):
+        raise ValueError(f"{names[1]} {stride} is larger than {names[0]} {window}: pixels between windows would "
+                         "never be predicted; use a stride at most the window")
+    return window, stride
+
+
 class Predictor:
-    def __init__(self, engine, info: ModelInfo, target_size=None):
+    def __init__(self, engine, info: ModelInfo, target_size=None, slide=None):
         self.engine, self.info = engine, info
         self.target_size = check_target_size(target_size)
+        self.slide = slide  # ((w, h) window, (w, h) stride) from check_slide, or None: whole images
         self.mean, self.std = info.normalize
         resize = info.resize or {}
         self._resize_args = {k: resize.get(k, v) for k, v in RESIZE_DEFAULTS.items()}
         self._folder_size = resize.get("target_size", -1)
 
     @classmethod
-    def load(cls, model_dir, model_name=None, device=None, target_size=None, num_classes=None, engine=None):
+    def load(cls, model_dir, model_name=None, device=None, target_size=None, num_classes=None, engine=None, slide=None):
         """From an exported inference folder (the engine `engine`, an EngineSpec, asks for; by default
         the fastest that gives Paddle's masks) or a checkpoint folder (dygraph)."""
         spec = engine or EngineSpec()
@@ -59,7 +83,7 @@ class Predictor:
             layer = build_model(info.model_name, info.num_classes)
             load_weights(layer, info.params_file)
             engine = LayerEngine(layer, device, spec.cpu_threads)
-        return cls(engine, info, target_size)
+        return cls(engine, info, target_size, slide)
 
     @classmethod
     def from_layer(cls, layer, model_name, class_names, transforms=None, device="cpu", target_size=None, cpu_threads=None):
@@ -90,13 +114,21 @@ class Predictor:
         """RGB uint8 arrays (any sizes) -> (H, W) int32 label maps at each image's own size.
 
         Images whose network inputs share a shape go through the engine together, at most
-        `batch_size` per forward pass (None: all of them).
+        `batch_size` per forward pass (None: all of them). In slide mode, each image larger than
+        the window is predicted window by window instead (`predict_slide`).
         """
         target_size = check_target_size(target_size)
-        inputs = [self.preprocess(img, target_size) for img in images]
         labels = [None] * len(images)
+        whole = []
+        for i, img in enumerate(images):
+            w, h = self._input_size(img, target_size)
+            if self.slide and (w > self.slide[0][0] or h > self.slide[0][1]):
+                labels[i] = self.predict_slide(img, target_size, batch_size)
+            else:
+                whole.append(i)
+        inputs = {i: self.preprocess(images[i], target_size) for i in whole}
         by_shape = {}
-        for i, x in enumerate(inputs):
+        for i, x in inputs.items():
             by_shape.setdefault(x.shape, []).append(i)
         step = batch_size or len(images)
         for same_shape in by_shape.values():
@@ -107,6 +139,26 @@ class Predictor:
                     h, w = images[i].shape[:2]
                     labels[i] = T.restore_mask(label_map, w, h)
         return labels
+
+    def predict_slide(self, img, target_size=None, batch_size=None):
+        """One image, window by window: (H, W) int32 label map. Memory holds the resized uint8
+        image, `batch_size` (default 4) normalised windows and the label map, never class scores
+        for the whole image. Each pixel takes the label of the window it lies deepest in
+        (transforms.window_spans), so window borders, which lack context, never decide a pixel
+        that another window sees from further inside."""
+        (ww, wh), (sw, sh) = self.slide
+        resized = T.resize(img, self._input_size(img, target_size), self._resize_args["interp"])
+        h, w = resized.shape[:2]
+        label = np.empty((h, w), np.int32)
+        windows = [(x, y) for y in T.window_spans(h, wh, sh) for x in T.window_spans(w, ww, sw)]
+        step = batch_size or 4
+        for start in range(0, len(windows), step):
+            chunk = windows[start : start + step]
+            crops = [resized[y[0] : y[0] + min(wh, h), x[0] : x[0] + min(ww, w)] for x, y in chunk]
+            out = self.engine(np.stack([T.normalize_to_chw(c, self.mean, self.std) for c in crops]))
+            for ((x0, xa, xb), (y0, ya, yb)), window_label in zip(chunk, out):
+                label[ya:yb, xa:xb] = window_label[ya - y0 : yb - y0, xa - x0 : xb - x0]
+        return T.restore_mask(label, img.shape[1], img.shape[0])
 
 
 def load_predictor(model_name=None, model_dir=None, device=None, target_size=None, num_classes=None, **kw):
@@ -121,4 +173,4 @@ def load_predictor(model_name=None, model_dir=None, device=None, target_size=Non
     return Predictor.load(model_dir, model_name, device, target_size, num_classes, **kw)
 
 
-__all__ = ["Predictor", "load_predictor"]
+__all__ = ["Predictor", "check_slide", "load_predictor"]
