@@ -7,6 +7,7 @@
     python jobs/benchmark.py bulk                          # 200 and 2000 images
     python jobs/benchmark.py plan                          # planning 10k, 100k, 1M inputs
     python jobs/benchmark.py serve                         # 1, 8, 32 clients, batching on and off
+    python jobs/benchmark.py slide                         # 2048, 4096, 10000 px squares: slide mode against whole-image
     python jobs/benchmark.py models                        # all 20 models: params, GFLOPs, CPU images/s
     python jobs/benchmark.py models --models SeaFormer_tiny,PP-LiteSeg-T --size 512
     python jobs/benchmark.py paddlex --paddlex-python /tmp/pdx/bin/python --images ../shared/data/camvid/images
@@ -27,6 +28,11 @@ plan: seconds and driver memory (peak growth of its anonymous memory: heap, nump
 inputs, half of them recorded by an earlier run: the streamed listing, the resume check and the
 blocks put into the object store; then of merging the manifest as the commit does (N lines: the
 earlier run's file and this run's part files, one per block).
+
+slide: seconds and peak RSS of one huge image (a mosaic of a bundled street scene, no resize)
+through create_model(slide_window=...) against whole-image inference, each in a fresh process, on
+the bundled model with Paddle oneDNN pinned for both (no per-shape engine race); the whole-image run
+is skipped where its memory, extrapolated from the smaller sizes, would pass 70% of what is free.
 
 serve: a closed-loop load test of the Serve app (a fresh local Ray) at 1, 8 and 32 concurrent
 clients, with dynamic batching and without, bounded by --requests and --seconds per row:
@@ -500,6 +506,67 @@ def bench_plan(args, work):
     return {"sizes": results}
 
 
+# ---- slide -------------------------------------------------------------------------------------
+
+
+def _slide_worker(side, window, stride, results):
+    """In a fresh process: one side x side image through the bundled model, whole or sliding."""
+    import resource
+
+    import cv2
+    import numpy as np
+
+    import raysegment
+
+    tile = cv2.imread(os.path.join(ROOT, "raysegment", "data", "samples", "0016E5_07959.jpg"))
+    img = np.tile(tile, (side // tile.shape[0] + 1, side // tile.shape[1] + 1, 1))[:side, :side]
+    slide = {"slide_window": window, "slide_stride": stride} if window else {}
+    model = raysegment.create_model(model_dir=os.path.join(ROOT, "raysegment", "data", "models", "PP-LiteSeg-T_camvid"),
+                                    target_size=-1, engine="paddle", max_image_pixels=side * side, **slide)
+    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    (res,) = model.predict(img, batch_size=2)
+    seconds = time.perf_counter() - start
+    results.put({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "base_mb": base_mb,
+                 "mask": res["pred"][0][:: max(side // 512, 1), :: max(side // 512, 1)].copy()})
+
+
+def bench_slide(args, work):
+    """One huge image: slide mode against whole-image inference (where it fits), seconds and peak RSS."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+
+    def measure(side, window):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_slide_worker, args=(side, window, args.stride if window else None, queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        return result
+
+    free_mb = next(int(line.split()[1]) // 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable"))
+    rows, results, per_pixel = [], {}, None
+    for side in args.sides:
+        slid = measure(side, args.window)
+        whole, note = None, ""
+        estimate = per_pixel * side * side if per_pixel else 0
+        if estimate < 0.7 * free_mb:
+            whole = measure(side, None)
+            per_pixel = max(per_pixel or 0, (whole["peak_mb"] - whole["base_mb"]) / (side * side))
+        else:
+            note = f"not run: ~{estimate / 1024:.0f} GB estimated, {free_mb / 1024:.0f} GB free"
+        agree = float((whole["mask"] == slid["mask"]).mean()) if whole else None
+        results[side] = {"slide": {k: v for k, v in slid.items() if k != "mask"},
+                         "whole": {k: v for k, v in whole.items() if k != "mask"} if whole else note, "agreement": agree}
+        rows.append((f"{side}x{side}", slid["seconds"], round(slid["peak_mb"]), whole["seconds"] if whole else "-",
+                     round(whole["peak_mb"]) if whole else note, "-" if agree is None else f"{agree:.4f}"))
+    print_table(f"one huge image, PP-LiteSeg-T (bundled), Paddle oneDNN: slide window {args.window} stride {args.stride} "
+                "against whole-image (fresh process each; peak RSS includes the loaded model)",
+                ("image", "slide s", "slide peak MB", "whole s", "whole peak MB", "masks agree"), rows)
+    return {"window": args.window, "stride": args.stride, "sizes": results}
+
+
 # ---- serve -------------------------------------------------------------------------------------
 
 
@@ -834,7 +901,7 @@ def bench_paddlex_serve(args, work):
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", help="where to write the results (default output/benchmarks/<benchmark>.json)")
-    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,plan,serve,models,paddlex,paddlex-serve}")
+    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,plan,slide,serve,models,paddlex,paddlex-serve}")
 
     def add(name, fn, help, n=None, batch_size=None, model=False):
         s = sub.add_parser(name, help=help)
@@ -853,6 +920,11 @@ def parser():
     s = add("plan", bench_plan, "planning a bulk job of 10k, 100k, 1M inputs: seconds and driver memory")
     s.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[10_000, 100_000, 1_000_000],
                    help="comma-separated input counts (default 10000,100000,1000000)")
+    s = add("slide", bench_slide, "one huge image: slide mode against whole-image inference, seconds and peak RSS")
+    s.add_argument("--sides", type=lambda v: [int(x) for x in v.split(",")], default=[2048, 4096, 10_000],
+                   help="square image sides (default 2048,4096,10000)")
+    s.add_argument("--window", type=int, default=1024, help="slide window side (default 1024)")
+    s.add_argument("--stride", type=int, default=768, help="slide stride (default 768)")
     s = add("serve", bench_serve, "closed-loop load test of the Serve app", n=200, batch_size=4, model=True)
     s.add_argument("--requests", type=int, default=120, help="most requests per row")
     s.add_argument("--seconds", type=float, default=40, help="most seconds per row")
