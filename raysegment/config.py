@@ -218,6 +218,11 @@ class ServeOptions:
     target_size: int | list[int] | None = None  # a request's targetSize wins
     slide_window: int | list[int] | None = None  # slide mode for huge images, as Predict.slide_window
     slide_stride: int | list[int] | None = None
+    # many models (Serve's model multiplexing): model id -> model folder, loaded on demand by each
+    # replica, at most max_models_per_replica at once (least recently used dropped first); requests
+    # pick one by the serve_multiplexed_model_id header, a "model" field or /models/<id>/...
+    models: dict | None = None
+    max_models_per_replica: int = field(default=3, metadata=_min(1))
     visualize: bool = False  # whether answers carry the overlay when a request does not say
     max_body_bytes: int = field(default=20_000_000, metadata=_min(1))
     max_image_pixels: int = field(default=40_000_000, metadata=_min(1))

@@ -187,27 +187,53 @@ class Segmenter:
 
         self.opts = o = parse_options(ServeOptions, options, "args")
         placement = Placement(**placement)  # sized by build_app against the cluster
-        self.predictor = Predictor.load(o.model_dir, device=placement.device, target_size=o.target_size,
-                                        engine=o.engine_spec(placement.threads), slide=check_slide(o.slide_window, o.slide_stride))
+        def load(folder):
+            return Predictor.load(folder, device=placement.device, target_size=o.target_size,
+                                  engine=o.engine_spec(placement.threads), slide=check_slide(o.slide_window, o.slide_stride))
+
+        self.predictor = load(o.model_dir)  # the default model: PaddleX's routes without a model id
+        self.models = dict(o.models or {})
+
+        async def open_model(model_id):  # one per replica, least recently used dropped past the limit
+            return await asyncio.to_thread(load, self.models[model_id])
+
+        # wired per instance so the limit comes from the options; Serve detects it on the instance
+        # and routes requests with a model id to replicas that hold that model
+        self.open_model = serve.multiplexed(max_num_models_per_replica=o.max_models_per_replica)(open_model)
         self.device = placement.device
         self.segment.set_max_batch_size(o.max_batch_size)
         self.segment.set_batch_wait_timeout_s(o.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # the real values are set in __init__
     async def segment(self, items):
-        """[(rgb, target_size)] -> label maps; the forward runs off the event loop, so requests
-        keep arriving (and decoding) while it computes."""
-        return await asyncio.to_thread(self._predict, items)
+        """[(rgb, target_size, model id or "")] -> label maps; the forward runs off the event loop,
+        so requests keep arriving (and decoding) while it computes. A batch is split by model
+        (and target size): only requests for the same model share a forward pass."""
+        predictors = {m: await self.predictor_for(m) for m in {m for _, _, m in items}}
+        return await asyncio.to_thread(self._predict, items, predictors)
 
-    def _predict(self, items):
+    def _predict(self, items, predictors):
         masks = [None] * len(items)
-        by_size = {}
-        for i, (_, size) in enumerate(items):
-            by_size.setdefault(size, []).append(i)
-        for size, idx in by_size.items():
-            for i, mask in zip(idx, self.predictor.predict([items[i][0] for i in idx], target_size=size)):
+        groups = {}
+        for i, (_, size, model_id) in enumerate(items):
+            groups.setdefault((model_id, size), []).append(i)
+        for (model_id, size), idx in groups.items():
+            for i, mask in zip(idx, predictors[model_id].predict([items[i][0] for i in idx], target_size=size)):
                 masks[i] = mask
         return masks
+
+    def model_id(self, path_id=None, field=None):
+        """The model a request asks for: /models/<id>/..., a "model" field, or the
+        serve_multiplexed_model_id header; "" for the default model. An id the operator did not
+        list is a 404 (a client never names a folder)."""
+        model_id = path_id or field or serve.get_multiplexed_model_id()
+        if model_id and model_id not in self.models:
+            listed = ", ".join(sorted(self.models)) or "none: this service serves its default model only"
+            raise RequestError(404, f"model {model_id!r} is not served here; served model ids: {listed}")
+        return model_id or ""
+
+    async def predictor_for(self, model_id):
+        return await self.open_model(model_id) if model_id else self.predictor
 
     async def _bytes_from_request(self, request):
         content_type = _content_type(request)
@@ -232,6 +258,13 @@ class Segmenter:
 
     @api.post("/semantic-segmentation")
     async def semantic_segmentation(self, request: Request):
+        return await self._semantic_segmentation(request, None)
+
+    @api.post("/models/{model_id}/semantic-segmentation")
+    async def model_semantic_segmentation(self, model_id: str, request: Request):
+        return await self._semantic_segmentation(request, model_id)
+
+    async def _semantic_segmentation(self, request, path_id):
         content_type = _content_type(request)
         if content_type != "application/json":
             raise RequestError(415, f"content type {content_type or '(none)'!r}: send a JSON body (application/json) "
@@ -242,16 +275,19 @@ class Segmenter:
             raise RequestError(422, f"the body is not valid JSON ({e})") from None
         if not isinstance(body, dict) or "image" not in body:
             raise RequestError(422, "the body must be a JSON object with an 'image' field (base64 or URL)")
-        unknown = set(body) - {"image", "targetSize", "visualize"}
+        unknown = set(body) - {"image", "targetSize", "visualize", "model"}
         if unknown:
-            raise RequestError(422, f"unknown field(s) {', '.join(sorted(unknown))}; accepted: image, targetSize, visualize")
+            raise RequestError(422, f"unknown field(s) {', '.join(sorted(unknown))}; accepted: image, targetSize, visualize, model")
+        if body.get("model") is not None and not isinstance(body["model"], str):
+            raise RequestError(422, "field 'model' must be a model id (a string)")
+        model_id = self.model_id(path_id, body.get("model"))
         visualize = body.get("visualize")
         if visualize is not None and not isinstance(visualize, bool):
             raise RequestError(422, "field 'visualize' must be true, false or null")
         target_size = parse_target_size(body.get("targetSize"))
         data = await asyncio.to_thread(image_bytes, body["image"], self.opts)
         rgb = await asyncio.to_thread(decode, data, self.opts)
-        mask = await self.segment((rgb, target_size))
+        mask = await self.segment((rgb, target_size, model_id))
         vis = None
         if visualize if visualize is not None else self.opts.visualize:
             vis = base64.b64encode(encode_image(colorize(mask))).decode()
@@ -260,14 +296,23 @@ class Segmenter:
 
     @api.post("/predict")
     async def predict(self, request: Request):
+        return await self._predict_raw(request, None)
+
+    @api.post("/models/{model_id}/predict")
+    async def model_predict(self, model_id: str, request: Request):
+        return await self._predict_raw(request, model_id)
+
+    async def _predict_raw(self, request, path_id):
+        model_id = self.model_id(path_id)
         data = await self._bytes_from_request(request)
-        names = self.predictor.class_names
-        head = {"logId": str(uuid.uuid4()), "model": self.predictor.model_name, "class_names": names}
+        predictor = await self.predictor_for(model_id)
+        names = predictor.class_names
+        head = {"logId": str(uuid.uuid4()), "model": predictor.model_name, "model_id": model_id or None, "class_names": names}
         if is_pdf(data=data):  # every page, each a request to the batcher, answered together
             pages = await asyncio.to_thread(render_pdf, data, self.opts)
-            masks = await asyncio.gather(*(self.segment((rgb, None)) for rgb in pages))
+            masks = await asyncio.gather(*(self.segment((rgb, None, model_id)) for rgb in pages))
             return _json({**head, "pages": [{"page_index": i, **_mask_fields(m, names)} for i, m in enumerate(masks)]})
-        mask = await self.segment((await asyncio.to_thread(decode, data, self.opts), None))
+        mask = await self.segment((await asyncio.to_thread(decode, data, self.opts), None, model_id))
         return _json({**head, **_mask_fields(mask, names)})
 
     @api.get("/health")
@@ -280,7 +325,7 @@ class Segmenter:
         return _json({"ready": True, "model": self.predictor.model_name, "model_dir": o.model_dir,
                       "class_names": self.predictor.class_names, "device": self.device,
                       "run_mode": self.predictor.engine.run_mode, "run_mode_reason": self.predictor.engine.reason,
-                      "engine_reasons": self.predictor.engine.reasons,
+                      "engine_reasons": self.predictor.engine.reasons, "models": sorted(self.models),
                       "max_batch_size": o.max_batch_size, "batch_wait_timeout_s": o.batch_wait_timeout_s})
 
 
@@ -294,6 +339,8 @@ def build_app(args=None):
     if not os.path.isdir(opts.model_dir):
         raise ValueError(f"args.model_dir {opts.model_dir!r} is not a folder; pass an exported inference folder or checkpoint")
     opts.model_dir = os.path.abspath(opts.model_dir)  # replicas may start in another working directory
+    if opts.models is not None:
+        opts.models = _checked_models(opts.models)
     if opts.max_ongoing_requests < opts.max_batch_size:
         raise ValueError(f"args.max_ongoing_requests ({opts.max_ongoing_requests}) is below args.max_batch_size "
                          f"({opts.max_batch_size}): batches could never fill; raise it")
@@ -303,6 +350,21 @@ def build_app(args=None):
     deployment = Segmenter.options(max_ongoing_requests=opts.max_ongoing_requests, **scaling,
                                    ray_actor_options=placement.ray_options)
     return deployment.bind(dataclasses.asdict(opts), dataclasses.asdict(placement))
+
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _checked_models(models):
+    """args.models: {model id: folder}, ids usable in a header and a URL path, folders that exist."""
+    checked = {}
+    for model_id, folder in models.items():
+        if not isinstance(model_id, str) or not MODEL_ID.match(model_id):
+            raise ValueError(f"args.models: model id {model_id!r} must be letters, digits, '.', '_' or '-' (used in URLs and headers)")
+        if not isinstance(folder, str) or not os.path.isdir(folder):
+            raise ValueError(f"args.models.{model_id}: {folder!r} is not a folder; give each id an exported inference folder or checkpoint")
+        checked[model_id] = os.path.abspath(folder)
+    return checked
 
 
 def load_serve_config(path=None, overrides=(), **flags):

@@ -10,6 +10,7 @@ import urllib.request
 
 import cv2
 import numpy as np
+import paddle
 import pytest
 
 import raysegment
@@ -57,8 +58,31 @@ def service(ray_local, inference_dir, maskformer_dir, www):
     serve.run(build_app({**common, "allow_url_inputs": True, "url_allowlist": [allowed, "169.254.169.254"], "slide_window": 128,
                          "slide_stride": 96}), name="urls", route_prefix="/urls")
     serve.run(build_app({**common, "model_dir": maskformer_dir}), name="maskformer", route_prefix="/maskformer")
+    # many models behind one app: three ids on two replicas that hold one model each, so cycling
+    # through them evicts and reloads
+    serve.run(build_app({**common, "num_replicas": 2, "cpus_per_replica": 0.25, "max_models_per_replica": 1,
+                         "models": many_models(inference_dir, maskformer_dir)}), name="multi", route_prefix="/multi")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+_MANY = {}
+
+
+def many_models(inference_dir, maskformer_dir):
+    """{id: folder} of three different models: two PP-LiteSeg-T (other weights) and a MaskFormer."""
+    if not _MANY:
+        import tempfile
+
+        from raysegment.infer import export_model
+        from raysegment.models import build_model
+
+        paddle.seed(99)
+        other = build_model("PP-LiteSeg-T", num_classes=2)
+        other.eval()
+        _MANY.update(site_a=inference_dir, site_b=maskformer_dir,
+                     site_c=export_model(other, tempfile.mkdtemp(prefix="site_c-"), "PP-LiteSeg-T", ["ground", "thing"]))
+    return dict(_MANY)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +169,38 @@ def test_an_app_with_slide_window_predicts_window_by_window(service, inference_d
     assert status == 200, answer
     slid = raysegment.create_model(model_dir=inference_dir, slide_window=128, slide_stride=96)
     np.testing.assert_array_equal(decode_mask(answer["mask"]), expected(slid, img))
+
+
+def post_with_header(url, body, content_type, headers):
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type, **headers}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_many_models_behind_one_app_load_on_demand_and_evict(service, inference_dir, maskformer_dir):
+    models = many_models(inference_dir, maskformer_dir)
+    img = random_image(48, 64, seed=13)
+    want = {m: expected(raysegment.create_model(model_dir=folder), img) for m, folder in models.items()}
+    body = png_bytes(img[:, :, ::-1])
+    for _ in range(2):  # 3 models, 2 replicas holding 1 each: every round evicts and reloads
+        for m in sorted(models):
+            status, answer = post_with_header(f"{service}/multi/predict", body, "image/png", {"serve_multiplexed_model_id": m})
+            assert status == 200 and answer["model_id"] == m, answer
+            np.testing.assert_array_equal(decode_mask(answer["mask"]), want[m])
+    status, answer = post(f"{service}/multi/models/site_b/predict", body, "image/png")
+    assert status == 200 and answer["model"] == "MaskFormer_tiny"
+    np.testing.assert_array_equal(decode_mask(answer["mask"]), want["site_b"])
+    status, answer = post(f"{service}/multi/semantic-segmentation", {"image": b64(body), "model": "site_c"})
+    assert status == 200, answer
+    np.testing.assert_array_equal(label_map(answer), want["site_c"])
+    status, answer = post(f"{service}/multi/semantic-segmentation", {"image": b64(body)})  # PaddleX's route: the default model
+    np.testing.assert_array_equal(label_map(answer), want["site_a"])
+    for route, headers in (("/multi/models/site_x/predict", {}), ("/multi/predict", {"serve_multiplexed_model_id": "../etc"})):
+        status, answer = post_with_header(f"{service}{route}", body, "image/png", headers)
+        assert status == 404 and "is not served here; served model ids: site_a, site_b, site_c" in answer["errorMsg"], answer
 
 
 def test_predict_route_takes_a_pdf_page_by_page(service, model):
@@ -263,6 +319,10 @@ def test_build_app_refuses_bad_args(inference_dir, tmp_path):
         build_app({"model_dir": inference_dir, "max_batch_size": 64, "max_ongoing_requests": 8})
     with pytest.raises(ValueError, match="not a folder"):
         build_app({"model_dir": str(tmp_path / "missing")})
+    with pytest.raises(ValueError, match="model id '../x' must be letters"):
+        build_app({"model_dir": inference_dir, "models": {"../x": inference_dir}})
+    with pytest.raises(ValueError, match=r"args.models.site: .* is not a folder"):
+        build_app({"model_dir": inference_dir, "models": {"site": str(tmp_path / "missing")}})
     opts = load_serve_config(os.path.join(ROOT, "configs", "serve.yaml"), ["max_batch_size=2"], port=9000)
     assert (opts.host, opts.port, opts.max_batch_size, opts.allow_url_inputs) == ("127.0.0.1", 9000, 2, False)
 
