@@ -7,6 +7,7 @@
     python jobs/benchmark.py bulk                          # 200 and 2000 images
     python jobs/benchmark.py plan                          # planning 10k, 100k, 1M inputs
     python jobs/benchmark.py serve                         # 1, 8, 32 clients, batching on and off
+    python jobs/benchmark.py multiplex --model-dir raysegment/data/models/PP-LiteSeg-T_camvid   # 3 models, one app
     python jobs/benchmark.py slide                         # 2048, 4096, 10000 px squares: slide mode against whole-image
     python jobs/benchmark.py models                        # all 20 models: params, GFLOPs, CPU images/s
     python jobs/benchmark.py models --models SeaFormer_tiny,PP-LiteSeg-T --size 512
@@ -570,10 +571,11 @@ def bench_slide(args, work):
 # ---- serve -------------------------------------------------------------------------------------
 
 
-def load_test(url, bodies, clients, max_requests, max_seconds):
+def load_test(url, bodies, clients, max_requests, max_seconds, headers=({},)):
     """Closed loop: `clients` threads, each with its own keep-alive connection, send the next body as
     soon as their previous answer is in, until `max_requests` are sent or `max_seconds` pass.
-    Returns requests/s, p50 and p99 latency (ms) and the count of non-200 or non-zero errorCode answers."""
+    Request i carries headers[i % len(headers)] (e.g. a model id). Returns requests/s, p50 and p99
+    latency (ms) and the count of non-200 or non-zero errorCode answers."""
     import http.client
     import itertools
     import threading
@@ -595,7 +597,8 @@ def load_test(url, bodies, clients, max_requests, max_seconds):
                 break
             t = time.perf_counter()
             try:
-                conn.request("POST", "/semantic-segmentation", bodies[i % len(bodies)], {"Content-Type": "application/json"})
+                conn.request("POST", "/semantic-segmentation", bodies[i % len(bodies)],
+                             {"Content-Type": "application/json", **headers[i % len(headers)]})
                 resp = conn.getresponse()
                 answer = resp.read()
                 # the envelope's errorCode: first in ours, last in PaddleX's
@@ -677,6 +680,59 @@ def bench_serve(args, work):
     print(f"labelMap JSON for a 2048x1024 map: {fast:.1f} ms (orjson, as served) vs {slow:.0f} ms (json.dumps of .tolist())")
     return {"model": model_name, "rows": rows, "bulk_images_per_s": bulk["images_per_s"], **ratios,
             "label_map_encoding_ms": {"orjson": fast, "json_tolist": slow, "shape": [1024, 2048]}}
+
+
+def bench_multiplex(args, work):
+    """Many models behind one Serve app: the first request for each model (it loads), requests/s on
+    a loaded model, and requests/s cycling over the models with room for all of them on every
+    replica, and with room for one (every switch a reload)."""
+    import base64
+    import socket
+
+    import ray
+    from ray import serve
+
+    from raysegment.serve import build_app
+
+    model_dir, model_name = model_folder(args, work)
+    models = {}
+    for i in range(args.models):  # separate folders (ids), as fine-tuned copies would be
+        models[f"site_{i}"] = shutil.copytree(model_dir, os.path.join(work, f"site_{i}"))
+    sample = os.path.join(SAMPLES, sorted(os.listdir(SAMPLES))[0])
+    bodies = [json.dumps({"image": base64.b64encode(open(sample, "rb").read()).decode()}).encode()]
+    cpus = os.cpu_count()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 300})
+    url = f"http://127.0.0.1:{port}"
+    ids = sorted(models)
+    every = [{"serve_multiplexed_model_id": m} for m in ids]
+    rows, cold = {}, {}
+    for room in (len(ids), 1):
+        serve.run(build_app({"model_dir": model_dir, "models": models, "max_models_per_replica": room, "num_replicas": cpus,
+                             "cpus_per_replica": 1, "threads_per_replica": 1, "max_batch_size": args.batch_size,
+                             "max_ongoing_requests": 64}), name="bench", route_prefix="/")
+        load_test(url, bodies, 1, 2, 120)  # the default model's first forward
+        if room == len(ids):
+            for m in ids:  # each model's first request on this app: it loads on a replica
+                cold[m] = load_test(url, bodies, 1, 1, 300, [{"serve_multiplexed_model_id": m}])["p50_ms"]
+            rows["one model, loaded (8 clients)"] = load_test(url, bodies, 8, args.requests, args.seconds, every[:1])
+            rows[f"{len(ids)} models in turn, all resident (8 clients)"] = load_test(url, bodies, 8, args.requests, args.seconds, every)
+        else:
+            rows[f"{len(ids)} models in turn, 1 per replica (8 clients)"] = load_test(url, bodies, 8, args.requests, args.seconds, every)
+        serve.delete("bench")
+    serve.shutdown()
+    ray.shutdown()
+    hot = rows["one model, loaded (8 clients)"]
+    print_table(f"many models: {len(ids)} copies of {model_name} behind one app, {cpus} replicas x 1 thread, POST "
+                "/semantic-segmentation with serve_multiplexed_model_id, 480x360 JPEG",
+                ("setting", "req/s", "p50 ms", "p99 ms", "errors", "requests"),
+                [(name, r["requests_per_s"], round(r["p50_ms"]), round(r["p99_ms"]), r["errors"], r["requests"]) for name, r in rows.items()])
+    print("first request for each model (it loads on a replica): " + ", ".join(f"{m} {ms:.0f} ms" for m, ms in cold.items())
+          + f"; a loaded model's p50 {hot['p50_ms']:.0f} ms at 8 clients")
+    return {"model": model_name, "models": len(ids), "cold_first_request_ms": cold, "rows": rows}
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -901,7 +957,7 @@ def bench_paddlex_serve(args, work):
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", help="where to write the results (default output/benchmarks/<benchmark>.json)")
-    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,plan,slide,serve,models,paddlex,paddlex-serve}")
+    sub = p.add_subparsers(dest="which", required=True, metavar="{predict,train,bulk,plan,slide,serve,multiplex,models,paddlex,paddlex-serve}")
 
     def add(name, fn, help, n=None, batch_size=None, model=False):
         s = sub.add_parser(name, help=help)
@@ -925,6 +981,10 @@ def parser():
                    help="square image sides (default 2048,4096,10000)")
     s.add_argument("--window", type=int, default=1024, help="slide window side (default 1024)")
     s.add_argument("--stride", type=int, default=768, help="slide stride (default 768)")
+    s = add("multiplex", bench_multiplex, "many models behind one Serve app: cold and hot requests", batch_size=4, model=True)
+    s.add_argument("--models", type=int, default=3, help="model ids (copies of the model folder; default 3)")
+    s.add_argument("--requests", type=int, default=120, help="most requests per row")
+    s.add_argument("--seconds", type=float, default=30, help="most seconds per row")
     s = add("serve", bench_serve, "closed-loop load test of the Serve app", n=200, batch_size=4, model=True)
     s.add_argument("--requests", type=int, default=120, help="most requests per row")
     s.add_argument("--seconds", type=float, default=40, help="most seconds per row")
