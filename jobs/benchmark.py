@@ -634,10 +634,24 @@ def time_label_map_encoding(h=1024, w=2048, num_classes=19):
     return fast * 1000, slow * 1000
 
 
+def start_local_serve(cpus, request_timeout_s):
+    """A fresh local Ray of `cpus` CPUs with Serve's proxy on a free 127.0.0.1 port; its base URL."""
+    import socket
+
+    import ray
+    from ray import serve
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": request_timeout_s})
+    return f"http://127.0.0.1:{port}"
+
+
 def bench_serve(args, work):
     """Load test of the Serve app on a local Ray, batching on and off, plus the bulk job on the same images."""
     import base64
-    import socket
 
     import ray
     from ray import serve
@@ -650,12 +664,7 @@ def bench_serve(args, work):
     # the layout bench_bulk finds fastest on CPU: one single-thread replica (and bulk actor) per CPU
     cpus, batch_size = os.cpu_count(), args.batch_size
     bulk, _, _ = run_bulk_job(model_dir, make_image_dir(os.path.join(work, "images"), args.n), os.path.join(work, "bulk"), batch_size)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
-    url = f"http://127.0.0.1:{port}"
+    url = start_local_serve(cpus, request_timeout_s=120)
     rows = {}
     for batch in (batch_size, 1):
         serve.run(build_app({"model_dir": model_dir, "max_batch_size": batch, "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 64,
@@ -687,7 +696,6 @@ def bench_multiplex(args, work):
     a loaded model, and requests/s cycling over the models with room for all of them on every
     replica, and with room for one (every switch a reload)."""
     import base64
-    import socket
 
     import ray
     from ray import serve
@@ -701,12 +709,7 @@ def bench_multiplex(args, work):
     sample = os.path.join(SAMPLES, sorted(os.listdir(SAMPLES))[0])
     bodies = [json.dumps({"image": base64.b64encode(open(sample, "rb").read()).decode()}).encode()]
     cpus = os.cpu_count()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 300})
-    url = f"http://127.0.0.1:{port}"
+    url = start_local_serve(cpus, request_timeout_s=300)
     ids = sorted(models)
     every = [{"serve_multiplexed_model_id": m} for m in ids]
     rows, cold = {}, {}
