@@ -88,7 +88,8 @@ class PredictorActor:
 
     def predict_good_rows(self, batch):
         """(indices of the rows read without error, their label maps)."""
-        good = [i for i, e in enumerate(batch["error"]) if not e and not batch.get("pdf", [False] * len(batch["error"]))[i]]
+        pdf = batch.get("pdf")  # PDF rows (bulk job only) are the actor's own work: PredictActor._pdf
+        good = [i for i, e in enumerate(batch["error"]) if not e and not (pdf is not None and pdf[i])]
         masks = self.predictor.predict([batch["image"][i] for i in good], batch_size=self.batch_size) if good else []
         return good, masks
 
@@ -119,7 +120,6 @@ class PredictActor(PredictorActor):
         return {"uri": batch["uri"], "status": np.array(status, dtype=object), "outputs": np.array(outputs, dtype=object),
                 "error": np.array(errors, dtype=object), "engine": np.array([engine.run_mode] * len(status), dtype=object),
                 "engine_reasons": np.array(["\n".join(engine.reasons)] * len(status), dtype=object)}
-
 
     def _pdf(self, uri, rel):
         """Every page of a PDF: outputs named <stem>_<page index> (PaddleX's naming); all or none."""

@@ -187,9 +187,10 @@ class Segmenter:
 
         self.opts = o = parse_options(ServeOptions, options, "args")
         placement = Placement(**placement)  # sized by build_app against the cluster
+        engine, slide = o.engine_spec(placement.threads), check_slide(o.slide_window, o.slide_stride)
+
         def load(folder):
-            return Predictor.load(folder, device=placement.device, target_size=o.target_size,
-                                  engine=o.engine_spec(placement.threads), slide=check_slide(o.slide_window, o.slide_stride))
+            return Predictor.load(folder, device=placement.device, target_size=o.target_size, engine=engine, slide=slide)
 
         self.predictor = load(o.model_dir)  # the default model: PaddleX's routes without a model id
         self.models = dict(o.models or {})

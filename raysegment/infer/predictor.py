@@ -115,15 +115,15 @@ class Predictor:
 
         Images whose network inputs share a shape go through the engine together, at most
         `batch_size` per forward pass (None: all of them). In slide mode, each image larger than
-        the window is predicted window by window instead (`predict_slide`).
+        the window is predicted window by window instead (`_predict_slide`).
         """
         target_size = check_target_size(target_size)
         labels = [None] * len(images)
         whole = []
         for i, img in enumerate(images):
-            w, h = self._input_size(img, target_size)
-            if self.slide and (w > self.slide[0][0] or h > self.slide[0][1]):
-                labels[i] = self.predict_slide(img, target_size, batch_size)
+            size = self._input_size(img, target_size)
+            if self.slide and (size[0] > self.slide[0][0] or size[1] > self.slide[0][1]):
+                labels[i] = self._predict_slide(img, size, batch_size)
             else:
                 whole.append(i)
         inputs = {i: self.preprocess(images[i], target_size) for i in whole}
@@ -140,14 +140,14 @@ class Predictor:
                     labels[i] = T.restore_mask(label_map, w, h)
         return labels
 
-    def predict_slide(self, img, target_size=None, batch_size=None):
-        """One image, window by window: (H, W) int32 label map. Memory holds the resized uint8
-        image, `batch_size` (default 4) normalised windows and the label map, never class scores
-        for the whole image. Each pixel takes the label of the window it lies deepest in
+    def _predict_slide(self, img, size, batch_size=None):
+        """One image resized to `size` (w, h), window by window: (H, W) int32 label map at the
+        image's own size. Memory holds the resized uint8 image, `batch_size` (default 4)
+        normalised windows and the label map, never class scores for the whole image. Each pixel takes the label of the window it lies deepest in
         (transforms.window_spans), so window borders, which lack context, never decide a pixel
         that another window sees from further inside."""
         (ww, wh), (sw, sh) = self.slide
-        resized = T.resize(img, self._input_size(img, target_size), self._resize_args["interp"])
+        resized = T.resize(img, size, self._resize_args["interp"])
         h, w = resized.shape[:2]
         label = np.empty((h, w), np.int32)
         windows = [(x, y) for y in T.window_spans(h, wh, sh) for x in T.window_spans(w, ww, sw)]

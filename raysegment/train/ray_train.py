@@ -19,7 +19,7 @@ from ray.train.backend import Backend, BackendConfig
 
 from ..ray_env import Cluster, init_ray, train_device, train_workers
 from .data import ray_dataset, shard_batches
-from .loop import train
+from .loop import STATE_FILE, train
 
 
 @dataclass
@@ -84,6 +84,7 @@ def _worker(config):
 # returns only after the upload. So rank 0 marks each upload as whole once report() returns, and a
 # restarted group takes the newest marked checkpoint in the run's storage when Ray's is older.
 WHOLE_MARKER = ".uploaded"
+CHECKPOINT_DIR = re.compile(r"iter_(\d+)")  # train() saves iter_<N>; Ray Train uploads under the same name
 
 
 def _report(metrics, checkpoint_dir):
@@ -101,7 +102,7 @@ def _report(metrics, checkpoint_dir):
 
 
 def _iteration(checkpoint):
-    match = re.fullmatch(r"iter_(\d+)", os.path.basename(checkpoint.path.rstrip("/"))) if checkpoint else None
+    match = CHECKPOINT_DIR.fullmatch(os.path.basename(checkpoint.path.rstrip("/"))) if checkpoint else None
     return int(match.group(1)) if match else -1
 
 
@@ -232,11 +233,9 @@ def _tune_callbacks():
 def newest_local_checkpoint(out):
     """The newest whole iter_<N> folder train() saved in `out` (its train_state.json, written
     last, parses), or None."""
-    from .loop import STATE_FILE
-
     found = []
     for name in os.listdir(out) if os.path.isdir(out) else []:
-        match = re.fullmatch(r"iter_(\d+)", name)
+        match = CHECKPOINT_DIR.fullmatch(name)
         if match:
             try:
                 with open(os.path.join(out, name, STATE_FILE)) as f:

@@ -68,8 +68,7 @@ class Search:
 
     def check(self, base):
         """Refuse, by name, a key the config does not have or a value it would not take."""
-        probe = self.values if self.kind in ("grid", "choice") else (self.values[0], self.values[1] if self.kind != "randint" else self.values[1] - 1)
-        for value in probe:
+        for value in self.values:  # every value, or both ends of a range
             config_from_dict(base, [override(self.key, value)])
 
 
