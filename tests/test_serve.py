@@ -323,6 +323,11 @@ def test_build_app_refuses_bad_args(inference_dir, tmp_path):
         build_app({"model_dir": inference_dir, "models": {"../x": inference_dir}})
     with pytest.raises(ValueError, match=r"args.models.site: .* is not a folder"):
         build_app({"model_dir": inference_dir, "models": {"site": str(tmp_path / "missing")}})
+    hpi = load_serve_config(None, ["use_hpip=true", "hpi_config.backend=openvino", "hpi_config.backend_config.precision=bf16"],
+                            model_dir=inference_dir)
+    assert (hpi.engine_spec().engine, hpi.engine_spec().precision) == ("openvino", "bf16")  # PaddleX's hpi keys reach replicas
+    with pytest.raises(ConfigError, match="hpi_config applies with use_hpip"):
+        load_serve_config(None, ["hpi_config.backend=openvino"], model_dir=inference_dir)
     opts = load_serve_config(os.path.join(ROOT, "configs", "serve.yaml"), ["max_batch_size=2"], port=9000)
     assert (opts.host, opts.port, opts.max_batch_size, opts.allow_url_inputs) == ("127.0.0.1", 9000, 2, False)
 
