@@ -9,6 +9,7 @@ _CURRENT_ENDPOINT, MASTER_ADDR / MASTER_PORT (its TCP store) and PADDLE_DISTRI_B
 importable on every node (it is: it is part of the package).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -73,9 +74,12 @@ def _worker(config):
         paddle.distributed.init_parallel_env()
     checkpoint = latest_checkpoint()  # after a worker failure, or when rerun into the same output
     batches = shard_batches(ray.train.get_dataset_shard("train"), cfg.Train.batch_size)
-    # Ray gives each GPU worker its GPU as CUDA_VISIBLE_DEVICES: it is always gpu:0 inside
-    train(cfg, batches, rank, world, _report, checkpoint.to_directory() if checkpoint else None,
-          device="gpu:0" if placement.device == "gpu" else "cpu", cpu_threads=placement.threads)
+    # as_directory: a local checkpoint is read where it lies; a remote one is downloaded to a
+    # temporary folder that is removed afterwards (to_directory() would leave a copy in /tmp).
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
+        # Ray gives each GPU worker its GPU as CUDA_VISIBLE_DEVICES: it is always gpu:0 inside
+        train(cfg, batches, rank, world, _report, resume_dir,
+              device="gpu:0" if placement.device == "gpu" else "cpu", cpu_threads=placement.threads)
 
 
 # Ray Train registers a reported checkpoint only when its controller next polls the workers (every
