@@ -221,7 +221,7 @@ def test_mac_counter_counts_layers_and_direct_matmuls():
 def test_maskformer_eval_scores_are_the_training_predictions_combined():
     """With dropout and drop path off, eval mode's per-class scores are exactly what semantic
     inference makes of train mode's last decoder layer: training and inference see one model."""
-    from raysegment.models.layers import DropPath, resize_to
+    from raysegment.models.layers import DropPath
     from raysegment.models.maskformer import semantic_scores
 
     paddle.seed(1)
@@ -235,7 +235,7 @@ def test_maskformer_eval_scores_are_the_training_predictions_combined():
     layer.train()
     with paddle.no_grad():
         class_logits, masks = layer(x)["layers"][-1]
-        expected = resize_to(semantic_scores(class_logits, masks), [72, 100]).numpy()
+        expected = semantic_scores(class_logits, masks, [72, 100]).numpy()
     layer.eval()
     with paddle.no_grad():
         np.testing.assert_allclose(layer(x)[0].numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -6,8 +6,9 @@ binary mask. A pixel decoder (FPN with GroupNorm: 1x1 laterals, 3x3 outputs, top
 upsampling) turns the backbone's four stages into 256-channel stride-4 "mask features"; a
 6-layer DETR-style transformer decoder (post-norm, sine position encoding, no encoder) lets the
 queries attend to the projected stride-32 feature; each query's mask is the dot product of its
-MLP embedding with the mask features. Semantic inference: class probabilities (no-object dropped)
-times mask probabilities, summed over queries, gives (N, K, H, W) scores.
+MLP embedding with the mask features. Semantic inference (PaddleSeg's): mask logits resized to
+the input, then class probabilities (no-object dropped) times mask probabilities, summed over
+queries, gives (N, K, H, W) scores.
 
 Training returns every decoder layer's predictions (deep supervision) and is scored by
 `raysegment.models.maskformer_loss` (Hungarian matching, cross-entropy, focal and dice losses).
@@ -159,10 +160,14 @@ class Head(nn.Layer):
         return self.predictor(feats[-1], self.pixel_decoder(feats))
 
 
-def semantic_scores(class_logits, masks):
-    """(N, Q, K+1), (N, Q, h, w) -> (N, K, h, w): sum over queries of P(class) * P(mask)."""
+def semantic_scores(class_logits, masks, size_hw):
+    """(N, Q, K+1), (N, Q, h, w) -> (N, K, H, W): sum over queries of P(class) * P(mask).
+
+    As PaddleSeg's MaskFormer: the mask logits are resized to the input size (bilinear) before
+    the sigmoid, so the scores are those of full-resolution masks, not resized stride-4 scores
+    (the sigmoid does not commute with the resize)."""
     probs = F.softmax(class_logits, axis=-1)[:, :, :-1]
-    return paddle.einsum("nqk,nqhw->nkhw", probs, F.sigmoid(masks))
+    return paddle.einsum("nqk,nqhw->nkhw", probs, F.sigmoid(resize_to(masks, size_hw)))
 
 
 class MaskFormer(nn.Layer):
@@ -179,7 +184,7 @@ class MaskFormer(nn.Layer):
         outs = self.seghead(self.backbone(x))
         if self.training:
             return {"layers": outs}
-        return [resize_to(semantic_scores(*outs[-1]), paddle.shape(x)[2:])]
+        return [semantic_scores(*outs[-1], paddle.shape(x)[2:])]
 
     def loss(self, outputs, label):
         from .maskformer_loss import maskformer_loss
