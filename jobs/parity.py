@@ -14,6 +14,7 @@ Exit status 1 when a model's error is above --tolerance.
 """
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ import tempfile
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
 SUMMARY = os.path.join(HERE, "..", "tests", "reference_keys", "SUMMARY.tsv")
 
 
@@ -36,7 +38,6 @@ def paddleseg_configs():
 def run_ours(names, size, num_classes, folder):
     import paddle
 
-    sys.path.insert(0, os.path.join(HERE, ".."))
     from raysegment.models import build_model
 
     for name in names:
@@ -100,7 +101,7 @@ def _build(spec):
 def run_theirs(names, src, num_classes, folder):
     import paddle
 
-    configs = {os.path.basename(p): p for p in _walk(os.path.join(src, "configs"))}
+    configs = {os.path.basename(p): p for p in glob.glob(os.path.join(src, "configs", "**", "*.yml"), recursive=True)}
     wanted = paddleseg_configs()
     report = {}
     for name in names:
@@ -126,13 +127,6 @@ def run_theirs(names, src, num_classes, folder):
     print(json.dumps(report))
 
 
-def _walk(root):
-    for folder, _, files in os.walk(root):
-        for f in files:
-            if f.endswith(".yml"):
-                yield os.path.join(folder, f)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paddleseg-src", required=True, help="a PaddleSeg checkout (paddleseg/ and configs/)")
@@ -143,12 +137,16 @@ def main(argv=None):
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--theirs", metavar="FOLDER", help=argparse.SUPPRESS)  # the second process
     args = parser.parse_args(argv)
-    names = args.models or list(paddleseg_configs())
+    known = paddleseg_configs()
+    names = args.models or list(known)
     if args.theirs:
         return run_theirs(names, args.paddleseg_src, args.num_classes, args.theirs)
-    unknown = set(names) - set(paddleseg_configs())
+    unknown = set(names) - set(known)
     if unknown:
-        parser.error(f"unknown model(s) {sorted(unknown)}; valid: {', '.join(paddleseg_configs())}")
+        parser.error(f"unknown model(s) {sorted(unknown)}; valid: {', '.join(known)}")
+    if not all(os.path.isdir(os.path.join(args.paddleseg_src, d)) for d in ("paddleseg", "configs")):
+        parser.error(f"--paddleseg-src {args.paddleseg_src!r} is not a PaddleSeg checkout (no paddleseg/ and configs/ in it); "
+                     "git clone https://github.com/PaddlePaddle/PaddleSeg")
     with tempfile.TemporaryDirectory() as folder:
         run_ours(names, args.size, args.num_classes, folder)
         env = dict(os.environ, PYTHONPATH=os.path.abspath(args.paddleseg_src))
