@@ -21,6 +21,9 @@ from .infer.engine_spec import ENGINES, PADDLEX_ENGINE_NAMES, PINNED_RUN_MODES, 
 from .models import MODELS
 
 
+MEDIAN_FREQUENCY = "median_frequency"  # Train.class_weights computed from the train labels
+
+
 class ConfigError(ValueError):
     pass
 
@@ -85,6 +88,9 @@ class TrainSection:
     loss: str = field(default="ohem", metadata=_choice("ohem", "ce"))  # per-pixel loss (MaskFormer uses its own set loss)
     ohem_min_kept: int = field(default=130000, metadata=_min(0))
     loss_coefs: list[float] | None = None  # one per head's logits; null: the model's published coefficients
+    # one loss weight per class, or "median_frequency": computed from the train labels when training
+    # starts (rare classes weigh more; the values are logged and kept in the output's config.yaml); null: 1 each
+    class_weights: list[float] | str | None = None
     optimizer: str = field(default="sgd", metadata=_choice("sgd", "adamw"))  # sgd: momentum SGD
     momentum: float = field(default=0.9, metadata=_min(0.0))  # sgd only
     weight_decay: float = field(default=5e-4, metadata=_min(0.0))
@@ -347,6 +353,9 @@ def _check_model(cfg):
     crop = cfg.Train.crop_size
     if len(crop) != 2 or min(crop) < 1:
         raise ConfigError(f"Train.crop_size: expected [width, height] of positive ints, got {crop!r}")
+    weights = cfg.Train.class_weights
+    if isinstance(weights, str) and weights != MEDIAN_FREQUENCY or isinstance(weights, list) and min(weights, default=0) < 0:
+        raise ConfigError(f"Train.class_weights: expected null, {MEDIAN_FREQUENCY!r} or one non-negative weight per class, got {weights!r}")
     if cfg.Train.min_scale > cfg.Train.max_scale:
         raise ConfigError(f"Train.min_scale ({cfg.Train.min_scale}) is above Train.max_scale ({cfg.Train.max_scale})")
     _check_engine(cfg.Predict, "Predict")

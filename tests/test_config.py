@@ -67,6 +67,8 @@ def test_later_override_wins_and_defaults_fill_missing_sections(tmp_path):
         ("CheckDataset.convert.src_dataset_type=COCO", "src_dataset_type: 'COCO' is not one of null, LabelMe, VOC"),
         ("CheckDataset.split=1", "CheckDataset.split is a section"),
         ("Train.batch_size.x=1", "Train.batch_size is a value, not a section"),
+        ("Train.class_weights=inverse", "Train.class_weights: expected null, 'median_frequency' or one non-negative weight per class"),
+        ("Train.class_weights=[1, -0.5]", "Train.class_weights: expected null, 'median_frequency'"),
         ("Train", "is not of the form Section.key=value"),
         ("Train=3", "must name a section and a key"),
     ],

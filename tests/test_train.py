@@ -16,6 +16,7 @@ from conftest import make_dataset
 from raysegment.config import load_config
 from raysegment.data.augment import AugmentSpec, augment_pair
 from raysegment.train import lr_at, train
+from raysegment.train.data import median_frequency_weights, split_rows
 from raysegment.train.losses import cross_entropy, ohem_cross_entropy
 from raysegment.train.ray_train import WHOLE_MARKER, fit
 
@@ -75,6 +76,45 @@ def test_ohem_keeps_hard_pixels():
     k = 100
     threshold = max(np.sort(prob)[k - 1], 0.7)
     assert float(ohem_cross_entropy(logits, label, thresh=0.7, min_kept=k)) == pytest.approx(pixel[prob < threshold].mean(), rel=1e-5)
+
+
+def test_class_weights_weigh_each_pixel_by_its_true_class():
+    paddle.seed(0)
+    logits = paddle.randn([2, 3, 8, 8])
+    label = paddle.randint(0, 3, [2, 8, 8])
+    pixel = paddle.nn.functional.cross_entropy(logits, label, axis=1, reduction="none").numpy().ravel()
+    y = label.numpy().ravel()
+    only_class_0 = paddle.to_tensor([1.0, 0.0, 0.0])
+    assert float(cross_entropy(logits, label, weight=only_class_0)) == pytest.approx(pixel[y == 0].mean(), rel=1e-5)
+    w = np.array([0.5, 2.0, 4.0], np.float32)
+    kept = np.exp(-pixel) < 0.7  # OHEM picks the pixels by probability, whatever the weights
+    expected = (w[y] * pixel)[kept].sum() / w[y][kept].sum()
+    assert float(ohem_cross_entropy(logits, label, thresh=0.7, min_kept=0, weight=paddle.to_tensor(w))) == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(pixel[kept].mean(), rel=1e-3)  # the weights do change the loss
+    uniform = paddle.to_tensor([3.0, 3.0, 3.0])
+    assert float(ohem_cross_entropy(logits, label, min_kept=100, weight=uniform)) == pytest.approx(float(ohem_cross_entropy(logits, label, min_kept=100)), rel=1e-5)
+
+
+def test_median_frequency_weights_from_the_train_labels(tmp_path):
+    from conftest import write_label
+
+    # per-class pixels over the labelled pixels of the labels containing the class:
+    # c0 16/20 = 0.8, c1 6/15 = 0.4, c2 3/5 = 0.6 (255 is not counted), c3 in no label
+    labels = [np.array([0] * 6 + [1] * 4), np.array([0] * 10), np.array([1] * 2 + [2] * 3 + [255] * 5)]
+    rows = []
+    for i, values in enumerate(labels):
+        write_label(tmp_path / f"{i}.png", values.reshape(2, 5).astype(np.uint8))
+        rows.append({"image": "unused", "label": str(tmp_path / f"{i}.png")})
+    assert median_frequency_weights(rows, 4) == pytest.approx([0.75, 1.5, 1.0, 0.0])  # median 0.6 / freq
+
+
+def test_median_frequency_class_weights_are_computed_once_and_recorded(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_train=4, n_val=1)
+    out = tmp_path / "out"
+    train(tiny_cfg(root, out, "Train.epochs_iters=1", "Train.class_weights=median_frequency"))
+    expected = median_frequency_weights(split_rows(str(root), "train"), 3)
+    assert load_config(str(out / "config.yaml")).Train.class_weights == pytest.approx(expected)
+    assert "class weights: c0 %g, c1 %g, c2 %g" % tuple(expected) in (out / "train.log").read_text()
 
 
 def test_plain_loop_writes_paddlex_outputs_and_resumes(tmp_path):
@@ -140,16 +180,18 @@ def test_pretrained_weights_replace_the_head_and_say_so(tmp_path, checkpoint_dir
     assert "classifier replaced: seg_heads.0.conv_out.weight" in (tmp_path / "out" / "train.log").read_text()
 
 
-@pytest.mark.parametrize("override,match", [
-    ("Train.num_classes=4", "Train.num_classes is 4 but .*labels.txt names 3 classes"),
-    ("Train.batch_size=8", "the train split has 4 pairs, fewer than one global batch"),
-    ("Global.dataset_dir=/no/such/dataset", "missing list file"),
-    ("Train.resume_path=/no/such/ckpt", "is not a training checkpoint"),
+@pytest.mark.parametrize("overrides,match", [
+    (["Train.num_classes=4"], "Train.num_classes is 4 but .*labels.txt names 3 classes"),
+    (["Train.batch_size=8"], "the train split has 4 pairs, fewer than one global batch"),
+    (["Global.dataset_dir=/no/such/dataset"], "missing list file"),
+    (["Train.resume_path=/no/such/ckpt"], "is not a training checkpoint"),
+    (["Train.class_weights=[1,2]"], "Train.class_weights has 2 values but Train.num_classes is 3"),
+    (["Global.model=MaskFormer_tiny", "Train.class_weights=[1,1,1]"], "Train.class_weights: MaskFormer_tiny trains with its own"),
 ])
-def test_bad_training_configs_fail_before_any_worker(tmp_path, override, match):
+def test_bad_training_configs_fail_before_any_worker(tmp_path, overrides, match):
     root = make_dataset(tmp_path / "ds", n_train=4, n_val=1)
     with pytest.raises(ValueError, match=match):
-        fit(tiny_cfg(root, tmp_path / "out", override))
+        fit(tiny_cfg(root, tmp_path / "out", *overrides))
     assert not (tmp_path / "out" / "ray_results").exists()
 
 

@@ -3,10 +3,14 @@
 Both paths use `load_augment`, so `train(cfg)` without Ray sees the same data as a Ray worker.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
+from .. import storage
 from ..data.augment import augment_pair
 from ..data.dataset import Problem, iter_split, read_pair
+from ..data.labels import decode_label
 
 
 def split_rows(dataset_dir, split):
@@ -21,6 +25,31 @@ def split_rows(dataset_dir, split):
         raise ValueError(f"{dataset_dir}: {len(problems)} problem(s) in {split}.txt, e.g. {problems[0]}; "
                          "run jobs/check_dataset.py for the full list")
     return rows
+
+
+def _label_histogram(label_uri, num_classes):
+    label = decode_label(storage.read_bytes(label_uri), name=label_uri)
+    return np.bincount(label.ravel(), minlength=256)[:num_classes]
+
+
+def median_frequency_weights(rows, num_classes, threads=8):
+    """Per-class loss weights by median frequency balancing (SegNet's recipe for CamVid):
+    weight_c = median(freq) / freq_c, where freq_c is class c's pixels over the labelled pixels
+    of the training labels that contain c. Rare classes (poles, signs) weigh more, sky and
+    road less. A class that no label contains gets weight 0: there is nothing to learn it from."""
+    counts = np.zeros(num_classes)
+    pixels_where_present = np.zeros(num_classes)
+    with ThreadPoolExecutor(threads) as pool:  # decoding PNGs and reading from S3 release the GIL
+        for hist in pool.map(_label_histogram, [r["label"] for r in rows], [num_classes] * len(rows)):
+            counts += hist
+            pixels_where_present += (hist > 0) * hist.sum()  # labelled pixels only: 255 is ignored
+    present = counts > 0
+    if not present.any():
+        raise ValueError(f"no training label contains any of classes 0..{num_classes - 1}")
+    freq = counts[present] / pixels_where_present[present]
+    weights = np.zeros(num_classes)
+    weights[present] = np.median(freq) / freq
+    return [round(float(w), 4) for w in weights]
 
 
 def load_augment(batch, spec, seed=None):

@@ -9,6 +9,7 @@ On a terminal, rank 0 also shows a progress bar (iterations, rate, ETA, loss); e
 Train worker, a log file) the log line every Train.log_interval iterations says the same.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import time
 
 import paddle
 
+from ..config import MEDIAN_FREQUENCY
 from ..data.augment import AugmentSpec
 from ..data.dataset import read_class_names
 from ..data.labels import default_class_names
@@ -28,7 +30,7 @@ from ..downloads import fetch_file
 from ..models import WeightsError, build_model, load_weights
 from ..storage import is_url
 from .curves import Curves
-from .data import local_batches, split_rows
+from .data import local_batches, median_frequency_weights, split_rows
 from .losses import training_loss
 
 log = logging.getLogger("raysegment.train")
@@ -133,6 +135,16 @@ def class_names_for(cfg):
     return names if names else default_class_names(cfg.Train.num_classes)
 
 
+def with_class_weights(cfg, rows=None):
+    """The config with Train.class_weights "median_frequency" replaced by the weights computed from
+    the train split's labels (`rows`, else read from Global.dataset_dir); otherwise unchanged."""
+    if cfg.Train.class_weights != MEDIAN_FREQUENCY:
+        return cfg
+    rows = split_rows(cfg.Global.dataset_dir, "train") if rows is None else rows
+    weights = median_frequency_weights(rows, cfg.Train.num_classes)
+    return dataclasses.replace(cfg, Train=dataclasses.replace(cfg.Train, class_weights=weights))
+
+
 def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None, device="cpu", cpu_threads=None):
     """Train Global.model on Global.dataset_dir for Train.epochs_iters iterations.
 
@@ -142,6 +154,7 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
     folder to continue from (Train.resume_path is used when it is None). cpu_threads: Paddle's
     CPU threads (default: every core this process may use; paddle's import pins it to 1).
     """
+    cfg = with_class_weights(cfg)  # already done by fit() for Ray Train workers
     t = cfg.Train
     out = cfg.Global.output
     is_main = rank == 0
@@ -149,6 +162,8 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
         _setup_logging(out)
         with open(os.path.join(out, "config.yaml"), "w") as f:
             f.write(cfg.to_yaml())
+        if t.class_weights is not None:
+            log.info("class weights: %s", ", ".join(f"{n} {w:g}" for n, w in zip(class_names_for(cfg), t.class_weights)))
     paddle.set_device(device)
     if device == "cpu":
         paddle.base.core.set_num_threads(cpu_threads or default_cpu_threads())
@@ -173,7 +188,7 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
         x, y = next(batches)
         with paddle.amp.auto_cast(enable=amp, level="O1"):
             outputs = model(paddle.to_tensor(x))
-            loss = training_loss(net, outputs, paddle.to_tensor(y), t.loss, t.ohem_min_kept, t.loss_coefs)
+            loss = training_loss(net, outputs, paddle.to_tensor(y), t.loss, t.ohem_min_kept, t.loss_coefs, t.class_weights)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()

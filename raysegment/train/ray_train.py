@@ -20,7 +20,7 @@ from ray.train.backend import Backend, BackendConfig
 
 from ..ray_env import Cluster, init_ray, train_device, train_workers
 from .data import ray_dataset, shard_batches
-from .loop import STATE_FILE, train
+from .loop import STATE_FILE, train, with_class_weights
 
 
 @dataclass
@@ -130,6 +130,7 @@ def latest_checkpoint():
 def validate(cfg):
     """Config and dataset problems, found before Ray starts; returns the train split's rows."""
     from ..data.dataset import read_class_names
+    from ..models import build_model
     from .data import split_rows
 
     t, g = cfg.Train, cfg.Global
@@ -145,6 +146,12 @@ def validate(cfg):
         raise ValueError(f"Train.num_classes is {t.num_classes} but {g.dataset_dir}/labels.txt names {len(names)} classes")
     rows = split_rows(g.dataset_dir, "train")
     check_global_batch(rows, t.batch_size, 1)
+    weights = t.class_weights
+    if weights is not None and hasattr(build_model(g.model, t.num_classes), "loss"):
+        raise ValueError(f"Train.class_weights: {g.model} trains with its own set-prediction loss, which takes no class weights; "
+                         "leave it null")
+    if isinstance(weights, list) and len(weights) != t.num_classes:
+        raise ValueError(f"Train.class_weights has {len(weights)} values but Train.num_classes is {t.num_classes}; give one per class")
     if t.resume_path and not os.path.isfile(os.path.join(t.resume_path, "train_state.json")):
         raise ValueError(f"Train.resume_path {t.resume_path!r} is not a training checkpoint (no train_state.json)")
     return rows
@@ -180,6 +187,7 @@ def fit(cfg, workers=None):
     into the same Global.output resumes from its newest checkpoint."""
     cfg = with_absolute_paths(cfg)
     rows = validate(cfg)
+    cfg = with_class_weights(cfg, rows)  # once here, not on every worker
     if workers is None:
         workers = train_workers(cfg, None if cfg.Ray.num_workers == 0 else Cluster.of(init_ray(cfg.Ray.address)))
     use_gpu = workers.device == "gpu"
