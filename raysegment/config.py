@@ -91,6 +91,11 @@ class TrainSection:
     # one loss weight per class, or "median_frequency": computed from the train labels when training
     # starts (rare classes weigh more; the values are logged and kept in the output's config.yaml); null: 1 each
     class_weights: list[float] | str | None = None
+    # [width, height]: val images are resized to fit it (keeping their aspect ratio) for the evaluations
+    # during training, and the saved checkpoints and best_model's inference folder carry it as their
+    # Resize transform, so predicting with them resizes the same way (PaddleSeg's val/Deploy Resize).
+    # null: images as they are
+    eval_target_size: list[int] | None = None
     optimizer: str = field(default="sgd", metadata=_choice("sgd", "adamw"))  # sgd: momentum SGD
     momentum: float = field(default=0.9, metadata=_min(0.0))  # sgd only
     weight_decay: float = field(default=5e-4, metadata=_min(0.0))
@@ -353,6 +358,9 @@ def _check_model(cfg):
     crop = cfg.Train.crop_size
     if len(crop) != 2 or min(crop) < 1:
         raise ConfigError(f"Train.crop_size: expected [width, height] of positive ints, got {crop!r}")
+    size = cfg.Train.eval_target_size
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise ConfigError(f"Train.eval_target_size: expected null or [width, height] of positive ints, got {size!r}")
     weights = cfg.Train.class_weights
     if isinstance(weights, str) and weights != MEDIAN_FREQUENCY or isinstance(weights, list) and min(weights, default=0) < 0:
         raise ConfigError(f"Train.class_weights: expected null, {MEDIAN_FREQUENCY!r} or one non-negative weight per class, got {weights!r}")

@@ -117,6 +117,27 @@ def test_median_frequency_class_weights_are_computed_once_and_recorded(tmp_path)
     assert "class weights: c0 %g, c1 %g, c2 %g" % tuple(expected) in (out / "train.log").read_text()
 
 
+def test_eval_target_size_resizes_the_evaluations_and_is_saved_with_the_model(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_train=4, n_val=2)  # 48 x 32 images
+    out = tmp_path / "out"
+    result = train(tiny_cfg(root, out, "Train.epochs_iters=2", "Train.eval_target_size=[96,64]"))
+    image = np.zeros((32, 48, 3), np.uint8)
+    for folder in (out / "iter_2", out / "best_model", out / "best_model" / "inference"):
+        predictor = raysegment.infer.load_predictor(model_dir=str(folder))
+        assert predictor.preprocess(image).shape == (3, 64, 96), folder  # the network sees 2x the image
+        assert predictor.predict([image])[0].shape == (32, 48)  # the mask comes back at the image's size
+    # the evaluation during training is what the saved checkpoint scores on val (the exported
+    # folder's engines may break near-ties of this untrained model differently)
+    from raysegment.data.dataset import read_pair
+    from raysegment.data.metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix(3)
+    for row in split_rows(str(root), "val"):
+        img, label = read_pair(row["image"], row["label"])
+        cm.update(raysegment.infer.load_predictor(model_dir=str(out / "best_model")).predict([img])[0], label)
+    assert cm.metrics()["mIoU"] == pytest.approx(result["best_metrics"]["mIoU"], abs=1e-6)
+
+
 def test_plain_loop_writes_paddlex_outputs_and_resumes(tmp_path):
     root = make_dataset(tmp_path / "ds", n_train=4, n_val=2)
     out = tmp_path / "out"

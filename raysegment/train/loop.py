@@ -25,6 +25,7 @@ from ..data.dataset import read_class_names
 from ..data.labels import default_class_names
 from ..data.metrics import ConfusionMatrix
 from ..infer import Predictor, export_model, save_checkpoint
+from ..infer.model_files import DEFAULT_TRANSFORMS
 from ..infer.engines import default_cpu_threads
 from ..downloads import fetch_file
 from ..models import WeightsError, build_model, load_weights
@@ -81,11 +82,21 @@ def load_pretrained(net, path, head_prefixes):
     return f"full model, classifier replaced: {', '.join(skipped)}" if skipped else "full model"
 
 
-def evaluate_layer(net, rows, class_names, device="cpu", cpu_threads=None, batch_size=4):
-    """Confusion-matrix metrics of an in-memory model on decoded val pairs (one process)."""
+def eval_transforms(t):
+    """The inference transforms training evaluates and saves with: Train.eval_target_size as a Resize
+    (aspect ratio kept, no rounding), then the default Normalize; None (the defaults) without one."""
+    if t.eval_target_size is None:
+        return None
+    resize = {"type": "Resize", "target_size": list(t.eval_target_size), "keep_ratio": True, "size_divisor": None, "interp": "LINEAR"}
+    return [resize, *DEFAULT_TRANSFORMS]
+
+
+def evaluate_layer(net, rows, class_names, device="cpu", cpu_threads=None, batch_size=4, transforms=None):
+    """Confusion-matrix metrics of an in-memory model on decoded val pairs (one process); the
+    masks come back at each label's size whatever `transforms` resizes the input to."""
     from ..data.dataset import read_pair
 
-    predictor = Predictor.from_layer(net, "model", class_names, device=device, cpu_threads=cpu_threads)
+    predictor = Predictor.from_layer(net, "model", class_names, transforms, device=device, cpu_threads=cpu_threads)
     cm = ConfusionMatrix(len(class_names))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -115,8 +126,8 @@ def optimizer_state_by_structure(opt_state, net, to_structure=True):
     return renamed
 
 
-def save_state(folder, net, opt, model_name, class_names, state):
-    save_checkpoint(net, folder, model_name, class_names)
+def save_state(folder, net, opt, model_name, class_names, state, transforms=None):
+    save_checkpoint(net, folder, model_name, class_names, transforms)
     paddle.save(optimizer_state_by_structure(opt.state_dict(), net), os.path.join(folder, "model.pdopt"))
     with open(os.path.join(folder, STATE_FILE), "w") as f:
         json.dump(state, f, indent=2)
@@ -287,7 +298,8 @@ def workers_in_sync(net, world_size):
 def _evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device, cpu_threads, curves):
     out, t = cfg.Global.output, cfg.Train
     net.eval()
-    metrics = evaluate_layer(net, val_rows, class_names, device, cpu_threads) if val_rows else {"mIoU": None}
+    transforms = eval_transforms(t)
+    metrics = evaluate_layer(net, val_rows, class_names, device, cpu_threads, transforms=transforms) if val_rows else {"mIoU": None}
     log.info("iter %d val mIoU %s pixel accuracy %s", done, _fmt(metrics["mIoU"]), _fmt(metrics.get("pixel_accuracy")))
     curves.add(done, mIoU=metrics["mIoU"], pixel_accuracy=metrics.get("pixel_accuracy"))
     curves.plot()
@@ -297,12 +309,12 @@ def _evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device
     if is_best:
         state.update(best_mIoU=miou, best_iter=done, best_metrics={k: v for k, v in metrics.items() if not k.startswith("class_")})
     folder = os.path.join(out, f"iter_{done}")
-    save_state(folder, net, opt, cfg.Global.model, class_names, state)
+    save_state(folder, net, opt, cfg.Global.model, class_names, state, transforms)
     if is_best:
         best = os.path.join(out, "best_model")
         shutil.rmtree(best, ignore_errors=True)
         shutil.copytree(folder, best)
-        export_model(net, os.path.join(best, "inference"), cfg.Global.model, class_names)
+        export_model(net, os.path.join(best, "inference"), cfg.Global.model, class_names, transforms)
         log.info("new best model (mIoU %s) at iteration %d", _fmt(miou), done)
     old = sorted((int(d.split("_")[1]) for d in os.listdir(out) if d.startswith("iter_")), reverse=True)[t.keep_checkpoints:]
     for n in old:
