@@ -173,13 +173,16 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
         _setup_logging(out)
         with open(os.path.join(out, "config.yaml"), "w") as f:
             f.write(cfg.to_yaml())
-        if t.class_weights is not None:
-            log.info("class weights: %s", ", ".join(f"{n} {w:g}" for n, w in zip(class_names_for(cfg), t.class_weights)))
     paddle.set_device(device)
     if device == "cpu":
         paddle.base.core.set_num_threads(cpu_threads or default_cpu_threads())
     paddle.seed(t.seed + rank)
     class_names = class_names_for(cfg)
+    class_weights = None
+    if t.class_weights is not None:
+        class_weights = paddle.to_tensor(t.class_weights, dtype="float32")  # made once, used every step
+        if is_main:
+            log.info("class weights: %s", ", ".join(f"{n} {w:g}" for n, w in zip(class_names, t.class_weights)))
     net, model, opt, state = _build(cfg, world_size, resume_dir or t.resume_path, device)
     if batches is None:
         batches = local_batches(split_rows(cfg.Global.dataset_dir, "train"), AugmentSpec.from_train(t), t.batch_size, seed=t.seed)
@@ -199,7 +202,7 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
         x, y = next(batches)
         with paddle.amp.auto_cast(enable=amp, level="O1"):
             outputs = model(paddle.to_tensor(x))
-            loss = training_loss(net, outputs, paddle.to_tensor(y), t.loss, t.ohem_min_kept, t.loss_coefs, t.class_weights)
+            loss = training_loss(net, outputs, paddle.to_tensor(y), t.loss, t.ohem_min_kept, t.loss_coefs, class_weights)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()

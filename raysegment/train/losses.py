@@ -42,15 +42,13 @@ LOSSES = {"ohem": ohem_cross_entropy, "ce": cross_entropy}
 
 def segmentation_loss(logit_list, label, kind="ohem", ohem_min_kept=130000, coefs=None, class_weights=None):
     """Sum of the loss over every head's logits (PP-LiteSeg trains all three), weighted by coefs;
-    class_weights: one loss weight per class, or None."""
+    class_weights: a float32 tensor of one loss weight per class, or None."""
     fn = LOSSES[kind]
     coefs = coefs or [1.0] * len(logit_list)
     if len(coefs) != len(logit_list):
         raise ValueError(f"Train.loss_coefs has {len(coefs)} values but the model returns {len(logit_list)} logits in training")
     kw = {"min_kept": ohem_min_kept} if kind == "ohem" else {}
-    if class_weights is not None:
-        kw["weight"] = paddle.to_tensor(class_weights, dtype="float32")
-    return sum(coef * fn(logits, label, **kw) for coef, logits in zip(coefs, logit_list))
+    return sum(coef * fn(logits, label, weight=class_weights, **kw) for coef, logits in zip(coefs, logit_list))
 
 
 def training_loss(net, outputs, label, kind="ohem", ohem_min_kept=130000, coefs=None, class_weights=None):
