@@ -254,7 +254,7 @@ def bare_train_step_rate(cfg, iters, threads):
     y = paddle.to_tensor(rng.integers(0, t.num_classes, (t.batch_size, h, w)).astype("int64"))
 
     def step():
-        loss = training_loss(net, net(x), y, t.loss, t.ohem_min_kept, t.loss_coefs)
+        loss = training_loss(net, net(x), y, t.loss, t.ohem_min_kept, t.loss_coefs, lovasz_weight=t.lovasz_weight)
         loss.backward()
         opt.step()
         opt.clear_grad()

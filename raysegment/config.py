@@ -88,6 +88,9 @@ class TrainSection:
     loss: str = field(default="ohem", metadata=_choice("ohem", "ce"))  # per-pixel loss (MaskFormer uses its own set loss)
     ohem_min_kept: int = field(default=130000, metadata=_min(0))
     loss_coefs: list[float] | None = None  # one per head's logits; null: the model's published coefficients
+    # > 0: the main head's loss adds this much Lovász-softmax, a surrogate of 1 - IoU that lifts thin
+    # classes (PaddleSeg's MixedLoss; its recipes mix 0.8 CE with 0.2 Lovász, i.e. 0.25 here)
+    lovasz_weight: float = field(default=0.0, metadata=_min(0.0))
     # one loss weight per class, or "median_frequency": computed from the train labels when training
     # starts (rare classes weigh more; the values are logged and kept in the output's config.yaml); null: 1 each
     class_weights: list[float] | str | None = None

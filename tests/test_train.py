@@ -17,7 +17,7 @@ from raysegment.config import load_config
 from raysegment.data.augment import AugmentSpec, augment_pair
 from raysegment.train import lr_at, train
 from raysegment.train.data import median_frequency_weights, split_rows
-from raysegment.train.losses import cross_entropy, ohem_cross_entropy
+from raysegment.train.losses import cross_entropy, lovasz_softmax, ohem_cross_entropy
 from raysegment.train.ray_train import WHOLE_MARKER, fit
 
 
@@ -345,6 +345,57 @@ def test_training_loss_uses_the_model_coefficients_and_checks_their_count():
     assert float(training_loss(TwoHeads(), [a, b], label, kind="ce")) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="Train.loss_coefs has 3 values but the model returns 2 logits"):
         training_loss(TwoHeads(), [a, b], label, kind="ce", coefs=[1.0, 1.0, 1.0])
+
+
+def test_lovasz_softmax_is_the_mean_jaccard_loss_on_hard_predictions():
+    """On one-hot probabilities the Lovász extension equals the set function: the mean over the
+    classes present in the label of 1 - IoU of the predicted mask; ignored pixels count nowhere."""
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 4, (2, 16, 16))
+    label[label == 3] = 2  # class 3 absent from the label: it is not averaged in
+    pred = np.where(rng.random(label.shape) < 0.7, label, rng.integers(0, 4, label.shape))
+    label[0, :4] = 255
+    logits = 50.0 * np.eye(4, dtype="float32")[pred].transpose(0, 3, 1, 2)
+    labelled = label != 255
+    expected = np.mean([1 - ((pred == c) & (label == c)).sum() / (((pred == c) | (label == c)) & labelled).sum() for c in range(3)])
+    loss = float(lovasz_softmax(paddle.to_tensor(logits), paddle.to_tensor(label)))
+    assert loss == pytest.approx(expected, abs=1e-5)
+    assert float(lovasz_softmax(paddle.to_tensor(logits), paddle.to_tensor(np.full_like(label, 255)))) == 0.0
+
+
+def test_lovasz_softmax_gradient_raises_iou():
+    """A few gradient steps on the logits alone lower the Lovász loss and raise the hard IoU."""
+    rng = np.random.default_rng(1)
+    label = paddle.to_tensor(rng.integers(0, 3, (1, 12, 12)))
+    logits = paddle.to_tensor(rng.standard_normal((1, 3, 12, 12)).astype("float32"), stop_gradient=False)
+
+    def miou():
+        pred, lab = logits.argmax(1).numpy(), label.numpy()
+        return np.mean([((pred == c) & (lab == c)).sum() / ((pred == c) | (lab == c)).sum() for c in range(3)])
+
+    first_loss, first_miou = float(lovasz_softmax(logits, label)), miou()
+    for _ in range(20):
+        loss = lovasz_softmax(logits, label)
+        loss.backward()
+        with paddle.no_grad():
+            logits.set_value(logits - 200.0 * logits.grad)
+        logits.clear_gradient()
+    assert float(lovasz_softmax(logits, label)) < first_loss - 0.2
+    assert miou() > first_miou + 0.2
+
+
+def test_lovasz_weight_adds_lovasz_to_the_main_head_only():
+    from raysegment.train.losses import training_loss
+
+    class TwoHeads(paddle.nn.Layer):
+        loss_coefs = (1.0, 0.4)
+
+    paddle.seed(0)
+    a, b = paddle.randn([1, 3, 8, 8]), paddle.randn([1, 3, 8, 8])
+    label = paddle.randint(0, 3, [1, 8, 8])
+    plain = float(training_loss(TwoHeads(), [a, b], label, kind="ce"))
+    mixed = float(training_loss(TwoHeads(), [a, b], label, kind="ce", lovasz_weight=0.25))
+    assert mixed == pytest.approx(plain + 0.25 * float(lovasz_softmax(a, label)), rel=1e-5)
 
 
 def test_maskformer_matching_pairs_queries_with_their_classes_and_rewards_the_right_masks():

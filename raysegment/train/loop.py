@@ -202,7 +202,7 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
         x, y = next(batches)
         with paddle.amp.auto_cast(enable=amp, level="O1"):
             outputs = model(paddle.to_tensor(x))
-            loss = training_loss(net, outputs, paddle.to_tensor(y), t.loss, t.ohem_min_kept, t.loss_coefs, class_weights)
+            loss = training_loss(net, outputs, paddle.to_tensor(y), t.loss, t.ohem_min_kept, t.loss_coefs, class_weights, t.lovasz_weight)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
