@@ -69,6 +69,7 @@ def test_later_override_wins_and_defaults_fill_missing_sections(tmp_path):
         ("Train.batch_size.x=1", "Train.batch_size is a value, not a section"),
         ("Train.class_weights=inverse", "Train.class_weights: expected null, 'median_frequency' or one non-negative weight per class"),
         ("Train.class_weights=[1, -0.5]", "Train.class_weights: expected null, 'median_frequency'"),
+        ("Train.lovasz_weight=-0.2", "Train.lovasz_weight: -0.2 is below the minimum 0.0"),
         ("Train.eval_target_size=[960]", "Train.eval_target_size: expected null or [width, height] of positive ints"),
         ("Train", "is not of the form Section.key=value"),
         ("Train=3", "must name a section and a key"),
