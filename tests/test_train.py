@@ -147,6 +147,7 @@ def test_plain_loop_writes_paddlex_outputs_and_resumes(tmp_path):
     assert sorted(p for p in os.listdir(out) if p.startswith("iter_")) == ["iter_4"]  # keep_checkpoints=1
     log = (out / "train.log").read_text()
     assert "iter 4/4 loss" in log and "images/s" in log and "val mIoU" in log
+    assert re.search(r"iter 4 class IoU c0 (\d\.\d{4}|-), c1 (\d\.\d{4}|-), c2 (\d\.\d{4}|-)$", log, re.M)
     assert load_config(str(out / "config.yaml")).Train.epochs_iters == 4
     best = out / "best_model"
     assert {"model.pdparams", "model.pdopt", "inference.yml", "train_state.json"} <= set(os.listdir(best))

@@ -304,6 +304,8 @@ def _evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device
     transforms = eval_transforms(t)
     metrics = evaluate_layer(net, val_rows, class_names, device, cpu_threads, transforms=transforms) if val_rows else {"mIoU": None}
     log.info("iter %d val mIoU %s pixel accuracy %s", done, _fmt(metrics["mIoU"]), _fmt(metrics.get("pixel_accuracy")))
+    if "class_IoU" in metrics:  # PaddleSeg's "[EVAL] Class IoU", with the names
+        log.info("iter %d class IoU %s", done, ", ".join(f"{n} {_fmt(v)}" for n, v in zip(class_names, metrics["class_IoU"])))
     curves.add(done, mIoU=metrics["mIoU"], pixel_accuracy=metrics.get("pixel_accuracy"))
     curves.plot()
     state["iter"] = done
