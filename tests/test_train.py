@@ -209,6 +209,7 @@ def test_pretrained_weights_replace_the_head_and_say_so(tmp_path, checkpoint_dir
     (["Train.resume_path=/no/such/ckpt"], "is not a training checkpoint"),
     (["Train.class_weights=[1,2]"], "Train.class_weights has 2 values but Train.num_classes is 3"),
     (["Global.model=MaskFormer_tiny", "Train.class_weights=[1,1,1]"], "Train.class_weights: MaskFormer_tiny trains with its own"),
+    (["Global.model=MaskFormer_tiny", "Train.lovasz_weight=0.25"], "Train.lovasz_weight: MaskFormer_tiny trains with its own.*leave it unset"),
 ])
 def test_bad_training_configs_fail_before_any_worker(tmp_path, overrides, match):
     root = make_dataset(tmp_path / "ds", n_train=4, n_val=1)

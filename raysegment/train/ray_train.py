@@ -147,9 +147,10 @@ def validate(cfg):
     rows = split_rows(g.dataset_dir, "train")
     check_global_batch(rows, t.batch_size, 1)
     weights = t.class_weights
-    if weights is not None and hasattr(build_model(g.model, t.num_classes), "loss"):
-        raise ValueError(f"Train.class_weights: {g.model} trains with its own set-prediction loss, which takes no class weights; "
-                         "leave it null")
+    per_pixel_keys = [key for key, value in (("class_weights", weights), ("lovasz_weight", t.lovasz_weight)) if value]
+    if per_pixel_keys and hasattr(build_model(g.model, t.num_classes), "loss"):
+        raise ValueError(f"Train.{per_pixel_keys[0]}: {g.model} trains with its own set-prediction loss, which takes no "
+                         f"{per_pixel_keys[0]}; leave it unset")
     if isinstance(weights, list) and len(weights) != t.num_classes:
         raise ValueError(f"Train.class_weights has {len(weights)} values but Train.num_classes is {t.num_classes}; give one per class")
     if t.resume_path and not os.path.isfile(os.path.join(t.resume_path, "train_state.json")):
