@@ -141,14 +141,15 @@ def test_eval_target_size_resizes_the_evaluations_and_is_saved_with_the_model(tm
 def test_plain_loop_writes_paddlex_outputs_and_resumes(tmp_path):
     root = make_dataset(tmp_path / "ds", n_train=4, n_val=2)
     out = tmp_path / "out"
-    result = train(tiny_cfg(root, out, "Train.keep_checkpoints=1"))
+    result = train(tiny_cfg(root, out, "Train.keep_checkpoints=1", "Train.lovasz_weight=0.25"))
     assert result["done_flag"] and result["iters"] == 4 and result["best_iter"] in (2, 4)
     assert json.loads((out / "train_result.json").read_text()) == result
     assert sorted(p for p in os.listdir(out) if p.startswith("iter_")) == ["iter_4"]  # keep_checkpoints=1
     log = (out / "train.log").read_text()
     assert "iter 4/4 loss" in log and "images/s" in log and "val mIoU" in log
     assert re.search(r"iter 4 class IoU c0 (\d\.\d{4}|-), c1 (\d\.\d{4}|-), c2 (\d\.\d{4}|-)$", log, re.M)
-    assert load_config(str(out / "config.yaml")).Train.epochs_iters == 4
+    saved = load_config(str(out / "config.yaml")).Train
+    assert saved.epochs_iters == 4 and saved.lovasz_weight == 0.25
     best = out / "best_model"
     assert {"model.pdparams", "model.pdopt", "inference.yml", "train_state.json"} <= set(os.listdir(best))
     model = raysegment.create_model("PP-LiteSeg-T", model_dir=str(best / "inference"))
