@@ -17,7 +17,7 @@ from raysegment.config import load_config
 from raysegment.data.augment import AugmentSpec, augment_pair
 from raysegment.train import lr_at, train
 from raysegment.train.data import median_frequency_weights, split_rows
-from raysegment.train.losses import cross_entropy, lovasz_softmax, ohem_cross_entropy
+from raysegment.train.losses import cross_entropy, lovasz_softmax, ohem_cross_entropy, training_loss
 from raysegment.train.ray_train import WHOLE_MARKER, fit
 
 
@@ -335,15 +335,19 @@ def test_two_gloo_workers_train_models_with_their_own_losses(tmp_path, ray_local
     assert os.path.isfile(tmp_path / "out" / "best_model" / "inference" / "inference.json")
 
 
+class TwoHeads(paddle.nn.Layer):
+    """A model whose published loss coefficients are OCRNet's (1 and 0.4), with random logits for both heads."""
+
+    loss_coefs = (1.0, 0.4)
+
+    @staticmethod
+    def logits_and_label():
+        paddle.seed(0)
+        return paddle.randn([1, 3, 8, 8]), paddle.randn([1, 3, 8, 8]), paddle.randint(0, 3, [1, 8, 8])
+
+
 def test_training_loss_uses_the_model_coefficients_and_checks_their_count():
-    from raysegment.train.losses import training_loss
-
-    class TwoHeads(paddle.nn.Layer):
-        loss_coefs = (1.0, 0.4)
-
-    paddle.seed(0)
-    a, b = paddle.randn([1, 3, 8, 8]), paddle.randn([1, 3, 8, 8])
-    label = paddle.randint(0, 3, [1, 8, 8])
+    a, b, label = TwoHeads.logits_and_label()
     expected = float(cross_entropy(a, label)) + 0.4 * float(cross_entropy(b, label))
     assert float(training_loss(TwoHeads(), [a, b], label, kind="ce")) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="Train.loss_coefs has 3 values but the model returns 2 logits"):
@@ -388,14 +392,7 @@ def test_lovasz_softmax_gradient_raises_iou():
 
 
 def test_lovasz_weight_adds_lovasz_to_the_main_head_only():
-    from raysegment.train.losses import training_loss
-
-    class TwoHeads(paddle.nn.Layer):
-        loss_coefs = (1.0, 0.4)
-
-    paddle.seed(0)
-    a, b = paddle.randn([1, 3, 8, 8]), paddle.randn([1, 3, 8, 8])
-    label = paddle.randint(0, 3, [1, 8, 8])
+    a, b, label = TwoHeads.logits_and_label()
     plain = float(training_loss(TwoHeads(), [a, b], label, kind="ce"))
     mixed = float(training_loss(TwoHeads(), [a, b], label, kind="ce", lovasz_weight=0.25))
     assert mixed == pytest.approx(plain + 0.25 * float(lovasz_softmax(a, label)), rel=1e-5)
