@@ -8,6 +8,7 @@ ends those and nothing else (`ray stop` would end every Ray on the machine).
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -162,7 +163,8 @@ class LocalCluster:
                 pass
 
     def stop(self):
-        """End every process this cluster started (found by its temp folder), and their children."""
+        """End every process this cluster started (found by its temp folder), and their children,
+        then remove the folder."""
         procs = _processes()
         ours = [pid for pid, (_, argv) in procs.items() if any(self.root in a for a in argv) and pid != os.getpid()]
         pids = _with_descendants(ours, procs) - {os.getpid()}
@@ -173,3 +175,4 @@ class LocalCluster:
                 except ProcessLookupError:
                     pass
             time.sleep(1)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -72,16 +72,15 @@ _MANY = {}
 def many_models(inference_dir, maskformer_dir):
     """{id: folder} of three different models: two PP-LiteSeg-T (other weights) and a MaskFormer."""
     if not _MANY:
-        import tempfile
-
         from raysegment.infer import export_model
         from raysegment.models import build_model
 
         paddle.seed(99)
         other = build_model("PP-LiteSeg-T", num_classes=2)
         other.eval()
+        site_c = os.path.join(os.path.dirname(inference_dir), "site_c")  # in the session's temp folder
         _MANY.update(site_a=inference_dir, site_b=maskformer_dir,
-                     site_c=export_model(other, tempfile.mkdtemp(prefix="site_c-"), "PP-LiteSeg-T", ["ground", "thing"]))
+                     site_c=export_model(other, site_c, "PP-LiteSeg-T", ["ground", "thing"]))
     return dict(_MANY)
 
 

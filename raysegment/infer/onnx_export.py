@@ -17,6 +17,7 @@ failed conversion is cached too (as its reason), so it is not retried on every l
 import hashlib
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 
@@ -52,6 +53,12 @@ def onnx_file(info, shape=None):
     return path
 
 
+def _work_dir(path):
+    """Where the child traces the graph: beside the ONNX file, and removed by the parent as well,
+    since an aborted child cannot clean up after itself."""
+    return path + ".work"
+
+
 def _convert_in_child(model_dir, path, shape, failed):
     cmd = [sys.executable, "-m", __name__, model_dir, path, *map(str, shape or ())]
     try:
@@ -59,6 +66,8 @@ def _convert_in_child(model_dir, path, shape, failed):
         ok, output = done.returncode == 0 and os.path.isfile(path), done.stderr + done.stdout
     except subprocess.TimeoutExpired:
         ok, output = False, f"timed out after {CONVERT_TIMEOUT_S} s"
+    finally:
+        shutil.rmtree(_work_dir(path), ignore_errors=True)
     if not ok:
         lines = [line.strip() for line in output.splitlines() if line.strip() and "warn" not in line.lower()]
         # paddle2onnx's own "[ERROR][Paddle2ONNX] [OP: ...] why" first, then a Python exception's last line
@@ -136,8 +145,6 @@ def _counter(name):
 
 def convert(model_dir, path, shape=None):
     """Trace the folder's model (height, width static when `shape` is given) and write it as ONNX."""
-    import tempfile
-
     import paddle
     import paddle2onnx
 
@@ -148,10 +155,14 @@ def convert(model_dir, path, shape=None):
     h, w = shape or (None, None)
     static = paddle.jit.to_static(ArgmaxHead(folder_layer(info)),
                                   input_spec=[paddle.static.InputSpec([None, 3, h, w], "float32", "x")], full_graph=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        prefix = os.path.join(tmp, "inference")
+    work = _work_dir(path)
+    os.makedirs(work, exist_ok=True)
+    try:
+        prefix = os.path.join(work, "inference")
         paddle.jit.save(static, prefix)
         paddle2onnx.export(prefix + ".json", prefix + ".pdiparams", path + ".tmp", opset_version=OPSET, optimize_tool="None")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if not os.path.isfile(path + ".tmp"):
         raise ConversionError("paddle2onnx wrote nothing")
     os.replace(path + ".tmp", path)
