@@ -75,4 +75,4 @@ def test_overlapping_windows_are_at_least_as_good_at_the_seams(mosaic):
         (res,) = model.predict(big)
         accuracy[name] = float((res["pred"][0] == truth).mean())
     assert accuracy["overlap"] >= accuracy["no overlap"], accuracy
-    assert accuracy["no overlap"] > 0.8, accuracy  # measured with the bundled model (run here at 1x, no resize): 0.863 without overlap, 0.909 with
+    assert accuracy["no overlap"] > 0.8, accuracy  # measured with the bundled model (run here at 1x, no resize): 0.868 without overlap, 0.915 with
