@@ -62,8 +62,10 @@ def _with_descendants(roots, procs):
 class LocalCluster:
     def __init__(self, root, env=None):
         self.root = root  # --temp-dir: short, since Ray's socket paths must fit 107 bytes
+        # TMPDIR: what the nodes' processes put in tempfile folders (a SIGKILLed node leaves its
+        # multiprocessing pymp-* folder behind) lands in root, which stop() removes
         self.env = {**(env or os.environ), "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-                    "RAY_USAGE_STATS_ENABLED": "0"}
+                    "RAY_USAGE_STATS_ENABLED": "0", "TMPDIR": root}
         self.port, self.dashboard_port, self.client_port = free_ports(3)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.workers_started = 0
