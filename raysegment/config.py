@@ -73,7 +73,7 @@ class TrainSection:
     epochs_iters: int = field(default=1000, metadata=_min(1))
     batch_size: int = field(default=4, metadata=_min(1))  # per worker
     learning_rate: float = field(default=0.01, metadata=_min(0.0))
-    pretrain_weight_path: str | None = None
+    pretrain_weight_path: str | None = None  # .pdparams file or URL, checkpoint folder, or exported inference folder
     warmup_steps: int = field(default=0, metadata=_min(0))
     resume_path: str | None = None
     log_interval: int = field(default=10, metadata=_min(1))

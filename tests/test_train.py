@@ -428,3 +428,43 @@ def test_relative_paths_mean_the_drivers_working_directory(tmp_path, ray_local, 
     result = fit(tiny_cfg("ds", "out", "Ray.num_workers=1", "Train.epochs_iters=2", "Train.eval_interval=2"))
     assert result["workers"] == 1
     assert (tmp_path / "out" / "best_model" / "model.pdparams").is_file()
+
+
+def test_pretrained_weights_from_an_exported_folder_or_a_checkpoint_folder(tmp_path):
+    """The bundled model ships as an exported inference folder: training starts from it, with the
+    train-only auxiliary heads (not in the traced graph) left as initialised and named."""
+    from raysegment.infer import export_model, save_checkpoint
+    from raysegment.infer.model_files import ModelFolderError
+    from raysegment.train.loop import load_pretrained
+
+    paddle.seed(1)
+    donor = raysegment.build_model("PP-LiteSeg-T", 3)
+    donor.eval()
+    exported = export_model(donor, str(tmp_path / "exported"), "PP-LiteSeg-T", ["a", "b", "c"])
+    paddle.seed(2)
+    net = raysegment.build_model("PP-LiteSeg-T", 3)
+    initial = {k: v.numpy().copy() for k, v in net.state_dict().items()}
+    said = load_pretrained(net, exported, net.classifier_prefixes)
+    aux = [k for k in initial if k.startswith(("seg_heads.1.", "seg_heads.2."))]
+    assert said == f"full model, {len(aux)} train-only weights not in the exported folder left as initialised: seg_heads.1, seg_heads.2"
+    theirs = donor.state_dict()
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), initial[key] if key in aux else theirs[key].numpy(), err_msg=key)
+    net.eval()
+    x = paddle.to_tensor(np.random.RandomState(0).rand(1, 3, 64, 96).astype("float32"))
+    np.testing.assert_array_equal(net(x)[0].numpy(), donor(x)[0].numpy())
+
+    # another class count: the classifier is replaced, as with a .pdparams; and from a thread other
+    # than the main one, as Ray Train calls it (Paddle's static loader needs static mode there too)
+    other = raysegment.build_model("PP-LiteSeg-T", 5)
+    said = []
+    loader = threading.Thread(target=lambda: said.append(load_pretrained(other, exported, other.classifier_prefixes)))
+    loader.start()
+    loader.join()
+    assert said and said[0].startswith("full model, classifier replaced: seg_heads."), said
+    assert paddle.in_dynamic_mode()
+
+    checkpoint = save_checkpoint(donor, str(tmp_path / "checkpoint"), "PP-LiteSeg-T", ["a", "b", "c"])
+    assert load_pretrained(raysegment.build_model("PP-LiteSeg-T", 3), checkpoint, ()) == "full model"  # aux heads included
+    with pytest.raises(ModelFolderError, match="has no inference.yml"):
+        load_pretrained(net, str(tmp_path), ())

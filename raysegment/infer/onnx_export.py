@@ -4,7 +4,7 @@ paddle2onnx 2.1 converts Paddle 3's PIR graphs, with two limits measured here: i
 pooling (PP-LiteSeg's pyramid pooling) unless the input height and width are static, which an
 exported folder's graph never has, and it aborts the whole process (SIGABRT) on a graph it cannot
 take. So the graph is traced again from the architecture code with the folder's weights (their names
-match a fresh build: models.build_canonical), with dynamic height and width when paddle2onnx takes that
+match a fresh build: export.exported_layer), with dynamic height and width when paddle2onnx takes that
 and else one graph per input shape, and each conversion runs in a child process:
 
     python -m raysegment.infer.onnx_export MODEL_DIR OUT.onnx [HEIGHT WIDTH]
@@ -27,7 +27,6 @@ CACHE_ENV = "RAYSEGMENT_CACHE_DIR"
 OPSET = 17
 CONVERT_TIMEOUT_S = 900
 CONVERTER_REVISION = 2  # bump when convert() changes, so files and failures cached by an older one are redone
-GENERATED = "generated_tensor_"  # Paddle's name for tensors made with paddle.to_tensor
 
 
 class ConversionError(RuntimeError):
@@ -99,48 +98,15 @@ def folder_key(info):
 _KEYS = {}  # ((file, mtime, size), ...) -> folder_key: each folder hashed once per process
 
 
-def folder_weights(info):
-    """{parameter name: array} of an inference folder, read through Paddle's static loader."""
-    import numpy as np
-    import paddle
-
-    paddle.enable_static()
-    try:
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            exe = paddle.static.Executor(paddle.CPUPlace())
-            program, _, _ = paddle.static.load_inference_model(os.path.splitext(info.graph_file)[0], exe)
-            names = [op.attrs()["parameter_name"] for op in program.global_block().ops if op.name() == "builtin.parameter"]
-            return {name: np.array(scope.find_var(name).get_tensor()) for name in names}
-    finally:
-        paddle.disable_static()
-
-
 def folder_layer(info):
-    """The folder's model as a paddle.nn.Layer: a fresh build of info.model_name with the folder's weights."""
-    from ..models import build_canonical
+    """The folder's model as a paddle.nn.Layer in eval mode: a fresh build of info.model_name with the folder's weights."""
+    from ..models import WeightsError
+    from .export import exported_layer
 
-    weights = folder_weights(info)
-    layer = build_canonical(info.model_name, info.num_classes)
-    params = {p.name: p for p in layer.state_dict().values()}
-    # Tensors a model makes at build time (Swin's relative position index) are named by a counter no
-    # guard resets; they follow from the architecture, so they pair up in creation order
-    made = sorted((n for n in params if n.startswith(GENERATED)), key=_counter)
-    captured = sorted((n for n in weights if n.startswith(GENERATED)), key=_counter)
-    if len(made) == len(captured):
-        params.update({old: params.pop(new) for old, new in zip(captured, made)})
-    unknown = [n for n in weights if n not in params or tuple(params[n].shape) != weights[n].shape]
-    if unknown:
-        raise ConversionError(f"{len(unknown)} weights of {info.graph_file} (e.g. {unknown[0]}) do not match a fresh "
-                              f"{info.model_name} build; the folder was not exported by raysegment")
-    for name, value in weights.items():
-        params[name].set_value(value)
-    layer.eval()
-    return layer
-
-
-def _counter(name):
-    return int(name.rsplit("_", 1)[1])
+    try:
+        return exported_layer(info)[0]
+    except WeightsError as e:
+        raise ConversionError(str(e)) from None
 
 
 def convert(model_dir, path, shape=None):

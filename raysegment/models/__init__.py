@@ -56,7 +56,7 @@ def build_model(name, num_classes=None, **kw):
 def build_canonical(name, num_classes=None):
     """build_model with Paddle's generated parameter names (conv2d_0.w_0, ...) counted from 0, as in
     a fresh process: what export traces, so an exported graph names its weights the same way
-    whatever its process built before (infer/onnx_export.py maps them back by these names)."""
+    whatever its process built before (infer/export.py's exported_layer maps them back by these names)."""
     import paddle
 
     with paddle.utils.unique_name.guard():

@@ -25,7 +25,8 @@ from ..data.dataset import read_class_names
 from ..data.labels import default_class_names
 from ..data.metrics import ConfusionMatrix
 from ..infer import Predictor, export_model, save_checkpoint
-from ..infer.model_files import DEFAULT_TRANSFORMS
+from ..infer.export import exported_layer
+from ..infer.model_files import DEFAULT_TRANSFORMS, read_model_folder
 from ..infer.engines import default_cpu_threads
 from ..downloads import fetch_file
 from ..models import WeightsError, build_model, load_weights
@@ -68,18 +69,35 @@ def set_train_mode(net, freeze_bn):
 def load_pretrained(net, path, head_prefixes):
     """Full-model weights (a classifier head for another class count is replaced, and said so) or
     backbone-only weights (keys without 'backbone.'). Strict otherwise. An http(s) URL is
-    downloaded once into PaddleX's cache, as PaddleX does with its configs' weight URLs."""
+    downloaded once into PaddleX's cache, as PaddleX does with its configs' weight URLs. A folder is
+    a checkpoint (its model.pdparams) or an exported inference folder such as the bundled model; the
+    layers only training uses are not in an export, so they keep `net`'s initial values, and said so."""
     if is_url(path):
         path = fetch_file(path)
+    state, where, kept = path, repr(path), []
+    if os.path.isdir(path):
+        info = read_model_folder(path)
+        if info.graph_file:
+            layer, kept = exported_layer(info)
+            own = net.state_dict()
+            state = {key: (own.get(key, value) if key in kept else value).numpy() for key, value in layer.state_dict().items()}
+        else:
+            state = info.params_file
     try:
-        skipped = load_weights(net, path)
+        skipped = load_weights(net, state, where=where)
     except WeightsError:
         try:
-            skipped = load_weights(net, path, skip_prefixes=head_prefixes)
+            skipped = load_weights(net, state, skip_prefixes=head_prefixes, where=where)
         except WeightsError:
-            load_weights(net.backbone, path, where=f"{path!r} (as backbone weights)")
+            load_weights(net.backbone, state, where=f"{where} (as backbone weights)")
             return "backbone"
-    return f"full model, classifier replaced: {', '.join(skipped)}" if skipped else "full model"
+    said = "full model"
+    if skipped:
+        said += f", classifier replaced: {', '.join(skipped)}"
+    if kept:
+        layers = sorted({".".join(key.split(".")[:2]) for key in kept})
+        said += f", {len(kept)} train-only weights not in the exported folder left as initialised: {', '.join(layers)}"
+    return said
 
 
 def eval_transforms(t):
