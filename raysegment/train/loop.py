@@ -70,19 +70,11 @@ def load_pretrained(net, path, head_prefixes):
     """Full-model weights (a classifier head for another class count is replaced, and said so) or
     backbone-only weights (keys without 'backbone.'). Strict otherwise. An http(s) URL is
     downloaded once into PaddleX's cache, as PaddleX does with its configs' weight URLs. A folder is
-    a checkpoint (its model.pdparams) or an exported inference folder such as the bundled model; the
-    layers only training uses are not in an export, so they keep `net`'s initial values, and said so."""
+    a checkpoint or an exported inference folder such as the bundled model (_pretrained_state)."""
     if is_url(path):
         path = fetch_file(path)
-    state, where, kept = path, repr(path), []
-    if os.path.isdir(path):
-        info = read_model_folder(path)
-        if info.graph_file:
-            layer, kept = exported_layer(info)
-            own = net.state_dict()
-            state = {key: (own.get(key, value) if key in kept else value).numpy() for key, value in layer.state_dict().items()}
-        else:
-            state = info.params_file
+    state, kept = _pretrained_state(net, path)
+    where = repr(path)
     try:
         skipped = load_weights(net, state, where=where)
     except WeightsError:
@@ -98,6 +90,22 @@ def load_pretrained(net, path, head_prefixes):
         layers = sorted({".".join(key.split(".")[:2]) for key in kept})
         said += f", {len(kept)} train-only weights not in the exported folder left as initialised: {', '.join(layers)}"
     return said
+
+
+def _pretrained_state(net, path):
+    """(what load_weights takes, the keys left as `net` initialised them) for a .pdparams path or a
+    folder: a checkpoint folder is its model.pdparams; an export traces only what prediction runs,
+    so the layers only training uses (PP-LiteSeg's auxiliary heads) keep `net`'s values."""
+    if not os.path.isdir(path):
+        return path, []
+    info = read_model_folder(path)
+    if not info.graph_file:
+        return info.params_file, []
+    layer, kept = exported_layer(info)
+    state = {key: value.numpy() for key, value in layer.state_dict().items()}
+    own = net.state_dict()
+    state.update({key: own[key].numpy() for key in kept if key in own})
+    return state, kept
 
 
 def eval_transforms(t):
