@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REFERENCE_KEYS, make_dataset
 from raysegment.config import load_config
-from raysegment.models import MODELS, UnknownModelError, WeightsError, build_model, load_weights, save_weights
+from raysegment.models import MODELS, OWN_LOSS, UnknownModelError, WeightsError, build_model, load_weights, save_weights
 from raysegment.train import train
 from raysegment.train.losses import training_loss
 
@@ -51,6 +51,11 @@ def test_state_dict_equals_reference(model):
     assert sorted(set(ours) - set(ref)) == [], "parameters the reference does not have"
     assert sorted(set(ref) - set(ours)) == [], "reference parameters we lack"
     assert {k: s for k, s in ours.items() if s != ref[k]} == {}, "shapes differ"
+
+
+def test_own_loss_lists_exactly_the_models_with_a_loss_of_their_own(model):
+    name, layer = model
+    assert hasattr(layer, "loss") == (name in OWN_LOSS)
 
 
 def test_published_weights_load_strictly_and_only_the_classifier_is_replaced(model):

@@ -32,6 +32,10 @@ MODELS = {
     **{f"MaskFormer_{s}": partial(_build, "maskformer", "maskformer", s) for s in ("tiny", "small")},
 }
 
+# The models that train with a set-prediction loss of their own (`loss(outputs, label)`), which takes
+# none of the per-pixel options (class weights, Lovász); config checks ask here without building one
+OWN_LOSS = frozenset({"MaskFormer_tiny", "MaskFormer_small"})
+
 
 class UnknownModelError(ValueError):
     pass
@@ -63,4 +67,4 @@ def build_canonical(name, num_classes=None):
         return build_model(name, num_classes)
 
 
-__all__ = ["MODELS", "build_canonical", "build_model", "check_model_name", "load_weights", "save_weights", "UnknownModelError", "WeightsError"]
+__all__ = ["MODELS", "OWN_LOSS", "build_canonical", "build_model", "check_model_name", "load_weights", "save_weights", "UnknownModelError", "WeightsError"]

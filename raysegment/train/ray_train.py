@@ -130,7 +130,7 @@ def latest_checkpoint():
 def validate(cfg):
     """Config and dataset problems, found before Ray starts; returns the train split's rows."""
     from ..data.dataset import read_class_names
-    from ..models import build_model
+    from ..models import OWN_LOSS
     from .data import split_rows
 
     t, g = cfg.Train, cfg.Global
@@ -148,7 +148,7 @@ def validate(cfg):
     check_global_batch(rows, t.batch_size, 1)
     weights = t.class_weights
     per_pixel_keys = [key for key, value in (("class_weights", weights), ("lovasz_weight", t.lovasz_weight)) if value]
-    if per_pixel_keys and hasattr(build_model(g.model, t.num_classes), "loss"):
+    if per_pixel_keys and g.model in OWN_LOSS:
         raise ValueError(f"Train.{per_pixel_keys[0]}: {g.model} trains with its own set-prediction loss, which takes no "
                          f"{per_pixel_keys[0]}; leave it unset")
     if isinstance(weights, list) and len(weights) != t.num_classes:
