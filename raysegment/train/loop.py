@@ -30,6 +30,7 @@ from ..infer.model_files import DEFAULT_TRANSFORMS, read_model_folder
 from ..infer.engines import default_cpu_threads
 from ..downloads import fetch_file
 from ..models import WeightsError, build_model, load_weights
+from ..models.weights import read_state_dict
 from ..storage import is_url
 from .curves import Curves
 from .data import local_batches, median_frequency_weights, split_rows
@@ -93,14 +94,15 @@ def load_pretrained(net, path, head_prefixes):
 
 
 def _pretrained_state(net, path):
-    """(what load_weights takes, the keys left as `net` initialised them) for a .pdparams path or a
-    folder: a checkpoint folder is its model.pdparams; an export traces only what prediction runs,
-    so the layers only training uses (PP-LiteSeg's auxiliary heads) keep `net`'s values."""
+    """(state_dict, the keys left as `net` initialised them) of a .pdparams path or a folder, read
+    once for load_pretrained's tries: a checkpoint folder is its model.pdparams; an export traces
+    only what prediction runs, so the layers only training uses (PP-LiteSeg's auxiliary heads) keep
+    `net`'s values."""
     if not os.path.isdir(path):
-        return path, []
+        return read_state_dict(path), []
     info = read_model_folder(path)
     if not info.graph_file:
-        return info.params_file, []
+        return read_state_dict(info.params_file), []
     layer, kept = exported_layer(info)
     state = {key: value.numpy() for key, value in layer.state_dict().items()}
     own = net.state_dict()
