@@ -26,12 +26,13 @@ def config_from_args(args, parser):
 
 
 def run(main):
-    """Run a job's main(); a user error prints `error: <message>` and exits 1."""
+    """Run a job's main(); a user error prints `error: <message>` and exits 1, or 2 for a bad config
+    key or value (as argparse exits on a bad flag), whichever front door read it."""
     try:
         main()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
 
 
 def print_progress(what, every_s=10.0):

@@ -11,6 +11,7 @@ takes `1e-3`, which YAML 1.1 would read as a string. Nothing is rewritten silent
 
 import copy
 import dataclasses
+import difflib
 import types
 from dataclasses import dataclass, field
 from typing import Union, get_args, get_origin, get_type_hints
@@ -414,9 +415,11 @@ def _apply_override(raw, item, root=Config, where="config"):
 
 
 def _unknown(where, key, hints):
+    close = difflib.get_close_matches(str(key), list(hints), n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
     if where == "config":
-        return f"unknown section {key!r}; valid sections: {', '.join(hints)}"
-    return f"{where}: unknown key {key!r}; valid keys: {', '.join(hints)}"
+        return f"unknown section {key!r}; {guess}valid sections: {', '.join(hints)}"
+    return f"{where}: unknown key {key!r}; {guess}valid keys: {', '.join(hints)}"
 
 
 def _members(typ):

@@ -287,6 +287,9 @@ class Segmenter:
             raise RequestError(422, "field 'visualize' must be true, false or null")
         target_size = parse_target_size(body.get("targetSize"))
         data = await asyncio.to_thread(image_bytes, body["image"], self.opts)
+        if is_pdf(data=data):
+            raise RequestError(415, "field 'image' holds a PDF; /semantic-segmentation takes one image: POST the PDF's "
+                                    "bytes to /predict (Content-Type: application/pdf), which segments every page")
         rgb = await asyncio.to_thread(decode, data, self.opts)
         mask = await self.segment((rgb, target_size, model_id))
         vis = None

@@ -53,8 +53,9 @@ def test_later_override_wins_and_defaults_fill_missing_sections(tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("Train.num_clases=3", "Train: unknown key 'num_clases'; valid keys: num_classes"),
-        ("Trian.batch_size=1", "unknown section 'Trian'; valid sections: Global"),
+        ("Train.num_clases=3", "Train: unknown key 'num_clases'; did you mean 'num_classes'? valid keys: num_classes"),
+        ("Trian.batch_size=1", "unknown section 'Trian'; did you mean 'Train'? valid sections: Global"),
+        ("Train.zzz=1", "Train: unknown key 'zzz'; valid keys: num_classes"),  # nothing close: no guess
         ("Train.batch_size=abc", "Train.batch_size: expected int, got 'abc'"),
         ("Train.batch_size=2.5", "Train.batch_size: expected int, got 2.5"),
         ("Train.batch_size=0", "Train.batch_size: 0 is below the minimum 1"),

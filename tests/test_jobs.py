@@ -52,6 +52,7 @@ def test_export_untrained_says_so(tmp_path):
         ("export.py", ["-c", CONFIG, "-o", "Export.weigth_path=x"], "Export: unknown key 'weigth_path'"),
         ("predict.py", ["--input", "x"], "pass --model-dir and --input"),
         ("predict.py", ["-c", CONFIG, "-o", "Predict.batch_size=zero"], "Predict.batch_size: expected int, got 'zero'"),
+        ("serve.py", ["--model-dir", ".", "-o", "max_batch=4"], "args: unknown key 'max_batch'; did you mean 'max_batch_size'?"),
     ],
 )
 def test_job_usage_errors_exit_2_with_one_clear_line(job, args, message):

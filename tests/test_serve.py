@@ -266,6 +266,8 @@ BAD_REQUESTS = {
     "host not allowed": ("/urls/semantic-segmentation", {"image": "http://example.com/a.jpg"}, "application/json", 403, "url_allowlist"),
     "link-local host": ("/urls/semantic-segmentation", {"image": "http://169.254.169.254/latest/meta-data"}, "application/json", 403, "link-local"),
     "wrong content type": ("/semantic-segmentation", b"image=abc", "application/x-www-form-urlencoded", 415, "application/json"),
+    "a PDF to PaddleX's image route": ("/semantic-segmentation", {"image": b64(pdf_bytes(random_image(20, 20)))}, "application/json",
+                                       415, "POST the PDF's bytes to /predict"),
     "JSON to the raw route": ("/predict", {"image": "AAAA"}, "application/json", 415, "application/pdf"),
     "multipart without file": ("/predict", b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
                                "multipart/form-data; boundary=b", 422, "'file'"),

@@ -125,4 +125,4 @@ def test_search_arguments_are_checked_before_anything_runs(tmp_path):
         Search.parse("choice", "Train.batch_size=4,0").check(base)
     dataset = make_dataset(tmp_path / "ds")
     done = subprocess.run(tune_command(dataset, tmp_path / "t", 4, "--grid", "Train.momentum=fast"), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "Train.momentum: expected float" in done.stderr
+    assert done.returncode == 2 and "Train.momentum: expected float" in done.stderr
