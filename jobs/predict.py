@@ -32,12 +32,16 @@ def main(argv=None):
     parser.add_argument("--output", help="output folder or s3:// prefix (Predict.output)")
     parser.add_argument("--batch-size", type=int, help="images per actor call (Ray.predict_batch_size)")
     parser.add_argument("--visualize", action="store_true", help="also write <name>_vis.jpg overlays")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="run the inputs an earlier run recorded as errors again (Predict.retry_errors)")
     args = parser.parse_args(argv)
     for flag, key in (("model_dir", "Predict.model_dir"), ("output", "Predict.output"), ("batch_size", "Ray.predict_batch_size")):
         if getattr(args, flag) is not None:
             args.override.append(f"{key}={getattr(args, flag)}")
     if args.visualize:
         args.override.append("Predict.save_visualization=true")
+    if args.retry_errors:
+        args.override.append("Predict.retry_errors=true")
     cfg = config_from_args(args, parser)
     if args.input:
         cfg.Predict.input = args.input  # kept as given: paths are not YAML

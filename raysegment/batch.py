@@ -24,7 +24,7 @@ from .data.image import ImageError, decode_image
 from .data.labels import LabelError
 from .data.metrics import ConfusionMatrix
 from .data.pdf import is_pdf
-from .data.sources import list_inputs, load_pages
+from .data.sources import check_inputs, list_inputs, load_pages
 from .infer.model_files import read_model_folder
 from .ray_env import READ_CPUS, Cluster, init_ray, predict_actors
 
@@ -190,12 +190,13 @@ def predict_bulk(cfg, progress=None):
     if not p.model_dir or not p.input:
         raise ValueError("set Predict.model_dir and Predict.input (--model-dir and --input)")
     info = read_model_folder(p.model_dir)
+    check_inputs(p.input)  # a missing path or an empty folder is refused before Ray starts
     ray = init_ray(cfg.Ray.address)
     placement, read, pool = _actor_pool(ray, cfg)
     started = time.perf_counter()
-    run = BulkRun(p.output)
+    run = BulkRun(p.output, retry_errors=p.retry_errors)
     blocks, to_do = _blocks(ray, run.plan(list_inputs(p.input)), placement.count)
-    skipped, processed = run.skipped, run.collisions  # processed: inputs this run recorded
+    processed = run.collisions  # inputs this run recorded
     engines, reasons = set(), set()  # what each actor runs (per input shape), and why
     if blocks:
         ds = (
@@ -213,7 +214,8 @@ def predict_bulk(cfg, progress=None):
             if progress:
                 progress(processed, to_do, time.perf_counter() - started)
     elapsed = time.perf_counter() - started
-    return run.commit({"processed_this_run": processed, "skipped_already_done": skipped, "seconds": round(elapsed, 2),
+    return run.commit({"processed_this_run": processed, "skipped_already_done": run.skipped_done,
+                       "skipped_errors": run.skipped_errors, "seconds": round(elapsed, 2),
                        "images_per_s": round(processed / elapsed, 3) if processed else 0.0, "model": info.model_name,
                        "model_dir": p.model_dir, "engine": sorted(engines),
                        "engine_reasons": sorted(reasons), "output": p.output, "config": cfg.to_dict()})

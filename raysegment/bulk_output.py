@@ -14,8 +14,9 @@ For an input at `a/b/img.jpg` under its root, in OUT (a local folder or an s3://
 Every file is written whole (temporary name + rename locally, one PUT on S3), an image's JSON last.
 While a run goes on, manifest and error lines go to OUT/_parts/ (one file per batch of results, as
 they arrive), so a killed run loses at most the batch in flight; `commit` merges the parts into
-the two .jsonl files. A rerun skips every input already listed, done or error: each input appears
-exactly once. Any sink that can `read_bytes` / `write_bytes` / `list_files` / `delete` (storage.py)
+the two .jsonl files. A rerun skips every input already listed, done or error (with
+`retry_errors`, only those done: the errors run again and their newest record wins): each input
+appears exactly once. Any sink that can `read_bytes` / `write_bytes` / `list_files` / `delete` (storage.py)
 can hold a run.
 """
 
@@ -99,10 +100,11 @@ def _first_of_each(hashes):
 
 class BulkRun:
     """The run-level records of one output folder or prefix. Everything here streams: the inputs,
-    the records of earlier runs and the merge hold a few bytes per input, never every line."""
+    the records of earlier runs and the merge hold a few bytes per input, never every line.
+    retry_errors: inputs recorded as errors are planned again (after the broken file was fixed)."""
 
-    def __init__(self, output):
-        self.output = output
+    def __init__(self, output, retry_errors=False):
+        self.output, self.retry_errors = output, retry_errors
 
     def _path(self, name):
         return storage.join(self.output, name)
@@ -113,7 +115,8 @@ class BulkRun:
         return [p for p in storage.list_files(self._path(PARTS), (".jsonl",)) if p.rsplit("/", 1)[-1].startswith(f"{kind}-")]
 
     def _records(self, kind):
-        """Every recorded line of `kind` ("manifest" | "errors"), merged file first, then the parts."""
+        """Every recorded line of `kind` ("manifest" | "errors"), oldest first: the merged file,
+        then the parts in the order they were written."""
         merged = self._path(MANIFEST if kind == "manifest" else ERRORS)
         for uri in ([merged] if storage.exists(merged) else []) + self._parts(kind):
             for line in storage.iter_lines(uri):
@@ -122,16 +125,22 @@ class BulkRun:
 
     def plan(self, items):
         """Inputs (dicts with `uri` and `rel`, any iterable) -> lists of those still to do, CHUNK at
-        a time. Inputs already recorded and repeated inputs are dropped (counted in `self.skipped`);
-        an input whose outputs would overwrite another's (a.jpg and a.png) is recorded here as an
-        OutputCollision error (counted in `self.collisions`)."""
+        a time. Inputs already recorded (done, and errors unless retry_errors) and repeated inputs
+        are dropped, counted in `self.skipped_done` / `self.skipped_errors`; an input whose outputs
+        would overwrite another's (a.jpg and a.png) is recorded here as an OutputCollision error
+        (counted in `self.collisions`)."""
         self.collisions = 0
-        done, stems = _Seen(), _Seen()
-        recorded = ((m["uri"], os.path.splitext(m["outputs"][0])[0] if m["outputs"] else None) for m in self._records("manifest"))
+        done, failed, stems = _Seen(), _Seen(), _Seen()
+        recorded = ((m["uri"], m["status"], os.path.splitext(m["outputs"][0])[0] if m["outputs"] else None)
+                    for m in self._records("manifest"))
         for block in _batched(recorded, CHUNK):
-            done.add(np.array([hash(u) for u, _ in block], np.int64))
-            stems.add(np.array([hash(st) for _, st in block if st is not None], np.int64))
-        self.skipped = len(done.sorted)
+            done.add(np.array([hash(u) for u, status, _ in block if status == "done"], np.int64))
+            failed.add(np.array([hash(u) for u, status, _ in block if status != "done"], np.int64))
+            stems.add(np.array([hash(st) for _, _, st in block if st is not None], np.int64))
+        failed.sorted = failed.sorted[~done.contains(failed.sorted)]  # done on a retry: done
+        self.skipped_done, self.skipped_errors = len(done.sorted), 0 if self.retry_errors else len(failed.sorted)
+        if not self.retry_errors:
+            done.add(failed.sorted)
         for block in _batched(items, CHUNK):
             uris = np.array([hash(item["uri"]) for item in block], np.int64)
             rels = np.array([hash(os.path.splitext(item["rel"])[0]) for item in block], np.int64)
@@ -164,28 +173,39 @@ class BulkRun:
             name = f"{PARTS}/{kind}-{time.time_ns()}-{uuid.uuid4().hex[:6]}.jsonl"
             storage.write_bytes(self._path(name), "".join(json.dumps(x) + "\n" for x in lines).encode())
 
-    def _merge(self, kind):
-        """Write the merged file of `kind`, one line per input (the first recorded: a rerun after a
-        kill between the merge and the parts' removal sees some lines twice); returns
-        (lines, lines with status done). Two streamed passes: hashes first, then the lines kept."""
-        keep = _first_of_each(np.fromiter((hash(r["uri"]) for r in self._records(kind)), np.int64))
-        counts = [0, 0]
+    def _merge(self, kind, only=None):
+        """Write the merged file of `kind`, one line per input: its newest record (a retried error
+        is replaced by its new outcome; a rerun after a kill between the merge and the parts'
+        removal sees some lines twice). `only`: a _Seen of the URIs to keep. Returns (lines, lines
+        with status done, a _Seen of the URIs whose line is an error). Two streamed passes: hashes
+        first, then the lines kept."""
+        hashes = np.fromiter((hash(r["uri"]) for r in self._records(kind)), np.int64)
+        keep = _first_of_each(hashes[::-1])[::-1]  # the last record of each URI
+        if only is not None:
+            keep &= only.contains(hashes)
+        counts, failed = [0, 0], []
 
         def lines():
             for record, wanted in zip(self._records(kind), keep):
                 if wanted:
                     counts[0] += 1
-                    counts[1] += record.get("status") == "done"
+                    if record.get("status") == "done":
+                        counts[1] += 1
+                    else:
+                        failed.append(hash(record["uri"]))
                     yield json.dumps(record)
 
         storage.write_lines(self._path(MANIFEST if kind == "manifest" else ERRORS), lines())
-        return counts
+        errors = _Seen()
+        errors.add(np.array(failed, np.int64))
+        return counts[0], counts[1], errors
 
     def commit(self, summary):
-        """Merge the parts into _manifest.jsonl and _errors.jsonl (each written whole), remove the
-        parts, and write _SUCCESS.json: `summary` plus the run's input, done and error counts."""
-        inputs, done = self._merge("manifest")
-        self._merge("errors")
+        """Merge the parts into _manifest.jsonl and _errors.jsonl (each written whole; an error
+        retried to done leaves _errors.jsonl), remove the parts, and write _SUCCESS.json: `summary`
+        plus the run's input, done and error counts."""
+        inputs, done, failed = self._merge("manifest")
+        self._merge("errors", only=failed)
         for part in self._parts("manifest") + self._parts("errors"):
             storage.delete(part)
         if not storage.is_s3(self.output) and os.path.isdir(self._path(PARTS)):

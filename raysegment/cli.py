@@ -90,9 +90,13 @@ def report_evaluation(result, output):
 
 def report_bulk(summary):
     """Print a bulk job's summary; returns the exit code (0 all done, 3 some inputs are errors)."""
+    before = f"{summary['skipped_already_done']} done before"
+    if summary["skipped_errors"]:
+        before += f", {summary['skipped_errors']} errors before, not retried"
     print(f"\n{summary['inputs']} inputs: {summary['done']} done, {summary['errors']} errors "
           f"({summary['processed_this_run']} processed now at {summary['images_per_s']} images/s, "
-          f"{summary['skipped_already_done']} done before); results in {summary['output']}")
+          f"{before}); results in {summary['output']}")
     if summary["errors"]:
-        print(f"see {summary['output'].rstrip('/')}/_errors.jsonl")
+        print(f"see {summary['output'].rstrip('/')}/_errors.jsonl; after fixing those inputs, rerun with --retry-errors "
+              "(Predict.retry_errors=true) to run them again")
     return 3 if summary["errors"] else 0

@@ -157,6 +157,8 @@ class PredictSection:
     # None: the model folder's setting; -1: no resize; N: N x N; [w, h]
     target_size: int | list[int] | None = None
     save_visualization: bool = False
+    # a rerun skips every input the output already records; true runs those recorded as errors again
+    retry_errors: bool = False
     # slide mode (huge images): windows of slide_window pixels ([w, h] or N) of the resized input,
     # every slide_stride pixels (null: 3/4 of the window); null: whole images
     slide_window: int | list[int] | None = None

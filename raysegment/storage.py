@@ -24,6 +24,10 @@ class StorageError(OSError):
     pass
 
 
+class NotFound(StorageError):
+    """The key or file is not there (as opposed to a store that cannot be reached or read)."""
+
+
 @contextlib.contextmanager
 def file_lock(path):
     """An exclusive lock held by one process of this machine at a time (the file stays)."""
@@ -54,6 +58,36 @@ def s3_client():
     return boto3.client("s3")
 
 
+S3_SETTINGS = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL "
+               "for MinIO or another S3-compatible store")
+
+
+@contextlib.contextmanager
+def s3_errors(uri):
+    """botocore's exceptions -> one StorageError line naming the object, the endpoint and the settings
+    to check (NotFound for a missing key)."""
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+    try:
+        yield
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404"):
+            raise NotFound(f"{uri} does not exist") from None
+        raise StorageError(f"S3 refused {uri} ({code or e}) at {_endpoint()}; check {S3_SETTINGS}") from None
+    except NoCredentialsError:
+        raise StorageError(f"no AWS credentials to read or write {uri} at {_endpoint()}; set {S3_SETTINGS}") from None
+    except EndpointConnectionError:
+        raise StorageError(f"cannot reach the S3 endpoint {_endpoint()} for {uri}; check AWS_ENDPOINT_URL "
+                           "(or AWS_ENDPOINT_URL_S3) and that the store is up") from None
+    except BotoCoreError as e:
+        raise StorageError(f"S3 error on {uri} at {_endpoint()}: {e}; check {S3_SETTINGS}") from None
+
+
+def _endpoint():
+    return s3_client().meta.endpoint_url
+
+
 def split_s3(uri):
     parsed = urlparse(uri)
     if not parsed.netloc:
@@ -70,13 +104,12 @@ def join(root, rel):
 
 def exists(uri):
     if is_s3(uri):
-        from botocore.exceptions import ClientError
-
         bucket, key = split_s3(uri)
         try:
-            s3_client().head_object(Bucket=bucket, Key=key)
+            with s3_errors(uri):
+                s3_client().head_object(Bucket=bucket, Key=key)
             return True
-        except ClientError:
+        except NotFound:
             return False
     return os.path.exists(uri)
 
@@ -121,25 +154,17 @@ def read_url(url, max_bytes=None, follow_redirects=True, timeout=HTTP_TIMEOUT_S)
 
 
 def _read_s3(uri):
-    from botocore.exceptions import BotoCoreError, ClientError
-
     bucket, key = split_s3(uri)
-    try:
+    with s3_errors(uri):
         return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404"):
-            raise StorageError(f"{uri} does not exist") from None
-        raise StorageError(f"cannot read {uri}: {code or e}") from None
-    except BotoCoreError as e:
-        raise StorageError(f"cannot read {uri}: {e}") from None
 
 
 def write_bytes(uri, data):
     """Write `data` so a reader never sees a partial file: temp + rename locally, one PUT on S3."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        with s3_errors(uri):
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
     _write_whole(uri, lambda f: f.write(data))
 
@@ -160,7 +185,8 @@ def _write_whole(uri, fill):
             os.replace(tmp, uri)
         else:
             bucket, key = split_s3(uri)
-            s3_client().upload_file(tmp, bucket, key)
+            with s3_errors(uri):
+                s3_client().upload_file(tmp, bucket, key)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -169,7 +195,8 @@ def _write_whole(uri, fill):
 def delete(uri):
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        s3_client().delete_object(Bucket=bucket, Key=key)
+        with s3_errors(uri):
+            s3_client().delete_object(Bucket=bucket, Key=key)
     elif os.path.exists(uri):
         os.remove(uri)
 
@@ -185,7 +212,12 @@ def iter_files(uri, suffixes):
     is itself."""
     if is_s3(uri):
         bucket, prefix = split_s3(uri)
-        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        pages = iter(s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix))
+        while True:
+            with s3_errors(uri):  # each page is one request: the first finds a missing bucket or credentials
+                page = next(pages, None)
+            if page is None:
+                return
             for o in page.get("Contents", []):
                 if _wanted(o["Key"].rsplit("/", 1)[-1], suffixes):
                     yield f"s3://{bucket}/{o['Key']}"
@@ -212,7 +244,8 @@ def iter_lines(uri):
     never held whole)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        with s3_errors(uri):
+            body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
         for line in body.iter_lines():
             yield line.decode("utf-8")
         return

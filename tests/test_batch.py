@@ -229,3 +229,75 @@ def test_slide_mode_reaches_the_bulk_actors(tmp_path, inference_dir, ray_local):
     assert summary["done"] == 1
     (want,) = raysegment.create_model(model_dir=inference_dir, slide_window=(128, 96), slide_stride=(96, 64)).predict(str(images / "scan.png"))
     np.testing.assert_array_equal(decode_label((out / "scan.png").read_bytes()), want["pred"][0])
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_predict(*args, env=None):
+    """jobs/predict.py as a user runs it; (exit code, stderr's lines)."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "predict.py"), *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+    return done.returncode, done.stdout, done.stderr.strip().splitlines()
+
+
+def test_missing_or_empty_inputs_are_refused_before_ray_starts(tmp_path, inference_dir, s3_bucket):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt.bak").write_text("not an image")
+    storage.write_bytes(f"s3://{s3_bucket}/other/a.jpg", jpeg_bytes(random_image(8, 8)))
+    cases = {
+        str(tmp_path / "missing"): "does not exist; pass a folder",
+        str(tmp_path / "empty"): "has no images or PDFs: looked for .jpg, .jpeg, .png",
+        f"s3://{s3_bucket}/nothing-here/": "has no images or PDFs",
+    }
+    for spec, words in cases.items():
+        code, stdout, lines = run_predict("--model-dir", inference_dir, "--input", spec, "--output", str(tmp_path / "out"))
+        assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: input {spec!r} {words}"), lines
+        assert "Ray" not in stdout  # refused before Ray started
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["no credentials", "unreachable endpoint"])
+def test_s3_problems_are_one_line_naming_the_bucket_endpoint_and_settings(tmp_path, inference_dir, s3_server, case):
+    from local_cluster import free_port
+
+    env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}  # nothing to find credentials in, and no metadata service
+    if case == "no credentials":
+        env.update(AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
+        words = f"no AWS credentials to read or write s3://photos/in/ at {s3_server}; set AWS_ACCESS_KEY_ID"
+    else:
+        endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        env.update(AWS_ENDPOINT_URL=endpoint)
+        words = f"cannot reach the S3 endpoint {endpoint} for s3://photos/in/; check AWS_ENDPOINT_URL"
+    code, _, lines = run_predict("--model-dir", inference_dir, "--input", "s3://photos/in/", "--output", str(tmp_path / "out"), env=env)
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {words}"), lines[-30:]
+
+
+def test_retry_errors_runs_exactly_the_failed_inputs_again(tmp_path, inference_dir, image_dir, model, ray_local):
+    out = tmp_path / "out"
+    broken = image_dir / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    first = bulk(inference_dir, str(image_dir), str(out))
+    assert (first["done"], first["errors"]) == (3, 1)
+    broken.write_bytes(jpeg_bytes(random_image(40, 56, seed=4)))  # the user fixes the file
+    again = bulk(inference_dir, str(image_dir), str(out))  # a plain rerun skips it, and says it was an error
+    assert (again["processed_this_run"], again["skipped_already_done"], again["skipped_errors"], again["errors"]) == (0, 3, 1, 1)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    retried = bulk(inference_dir, str(image_dir), str(out), None, "Predict.retry_errors=true")
+    assert (retried["processed_this_run"], retried["skipped_already_done"], retried["skipped_errors"]) == (1, 3, 0)
+    assert (retried["inputs"], retried["done"], retried["errors"]) == (4, 4, 0)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # the done inputs were not redone
+    assert (out / "_errors.jsonl").read_text() == ""
+    manifest = read_jsonl((out / "_manifest.jsonl").read_text())
+    assert sorted(m["status"] for m in manifest) == ["done"] * 4 and len({m["uri"] for m in manifest}) == 4
+    assert_masks_match(model, str(out), [(str(broken), "broken")])
+
+
+def test_the_summary_line_counts_done_and_errors_before_apart(capsys):
+    from raysegment.cli import report_bulk
+
+    code = report_bulk({"inputs": 4, "done": 3, "errors": 1, "processed_this_run": 0, "images_per_s": 0.0,
+                        "skipped_already_done": 3, "skipped_errors": 1, "output": "out"})
+    said = capsys.readouterr().out
+    assert code == 3 and "3 done before, 1 errors before, not retried" in said and "--retry-errors" in said

@@ -54,6 +54,20 @@ def list_inputs(inputs):
             yield {"uri": spec, "rel": os.path.basename(spec)}  # a file; a missing one becomes an error row
 
 
+def check_inputs(inputs):
+    """Refuse, before any work starts, an input that can give nothing: a local path that does not
+    exist, or a folder, glob, URL list or s3:// prefix with no images or PDFs in it. Each is
+    listed up to its first input only."""
+    for spec in [inputs] if isinstance(inputs, str) else inputs:
+        local = not (storage.is_url(spec) or storage.is_s3(spec) or any(c in spec for c in "*?["))
+        if local and not os.path.exists(spec):
+            raise storage.StorageError(f"input {spec!r} does not exist; pass a folder, an image or PDF, a glob, a URL list "
+                                       "(.txt), an s3:// prefix or an http(s) URL")
+        if next(list_inputs(spec), None) is None:
+            raise storage.StorageError(f"input {spec!r} has no images or PDFs: looked for {', '.join(storage.INPUT_SUFFIXES)} "
+                                       "(names starting with '.' or '_' are skipped)")
+
+
 def iter_inputs(inputs):
     """Yield (uri or None, item) where item is an ndarray or a uri still to be read: what
     `list_inputs` lists, plus arrays. A folder or prefix without images is an error here."""
