@@ -24,7 +24,7 @@ from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: 
 
 def main(argv=None):
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), required=True)
-    cfg = config_from_args(parser.parse_args(argv), parser)
+    cfg = config_from_args(parser.parse_args(argv), parser, "check_dataset")
 
     from raysegment.cli import report_check
     from raysegment.data.check import check_from_config

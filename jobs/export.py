@@ -25,7 +25,7 @@ def main(argv=None):
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), required=True)
     parser.add_argument("--untrained", action="store_true", help="export randomly initialised weights (pipeline checks only)")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args, parser)
+    cfg = config_from_args(args, parser, "export")
     if args.untrained == (cfg.Export.weight_path is not None):
         parser.error("pass exactly one of -o Export.weight_path=... or --untrained")
 

@@ -42,7 +42,7 @@ def main(argv=None):
         args.override.append("Predict.save_visualization=true")
     if args.retry_errors:
         args.override.append("Predict.retry_errors=true")
-    cfg = config_from_args(args, parser)
+    cfg = config_from_args(args, parser, "predict")
     if args.input:
         cfg.Predict.input = args.input  # kept as given: paths are not YAML
     if not cfg.Predict.model_dir or not cfg.Predict.input:

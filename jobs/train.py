@@ -22,7 +22,7 @@ from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: 
 
 def main(argv=None):
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), required=True)
-    cfg = config_from_args(parser.parse_args(argv), parser)
+    cfg = config_from_args(parser.parse_args(argv), parser, "train")
 
     from raysegment.train.ray_train import fit
 

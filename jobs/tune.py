@@ -41,7 +41,7 @@ def main(argv=None):
     parser.add_argument("--grace-iters", type=int, help="ASHA: iterations every trial runs first (default Train.eval_interval)")
     parser.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as many as fit)")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args, parser)
+    cfg = config_from_args(args, parser, "train")
 
     from raysegment.train.tune import Search, run_experiment, table
 

@@ -4,7 +4,7 @@ For an input at `a/b/img.jpg` under its root, in OUT (a local folder or an s3://
 
     OUT/a/b/img.png          label map: palette PNG of class ids (data/labels.py), lossless
     OUT/a/b/img.json         source URI, size, model, class names, per-class pixel counts, timings
-    OUT/a/b/img_vis.jpg      overlay (Predict.save_visualization)
+    OUT/a/b/img_vis.jpg      overlay with a legend of the classes present (Predict.save_visualization)
     OUT/a/doc_0.png ...      a PDF's pages, each as an image, named by page index (0, 1, ...) as
                              PaddleX names them; its JSON says page_index; one manifest line for the PDF
     OUT/_manifest.jsonl      one line per input: uri, status (done | error), outputs
@@ -31,7 +31,7 @@ import numpy as np
 from . import storage
 from .data.image import encode_image
 from .data.labels import default_class_names, encode_label_png, pixel_counts
-from .data.visualize import overlay
+from .data.visualize import overlay_with_legend
 
 MANIFEST, ERRORS, SUCCESS, PARTS = "_manifest.jsonl", "_errors.jsonl", "_SUCCESS.json", "_parts"
 
@@ -49,10 +49,10 @@ class ImageWriter:
         stem = os.path.splitext(rel)[0]
         files = [f"{stem}.png", f"{stem}.json"]
         storage.write_bytes(storage.join(self.output, files[0]), encode_label_png(mask))
+        names = self.class_names or default_class_names(int(mask.max(initial=0)) + 1)
         if self.visualize:
             files.append(f"{stem}_vis.jpg")
-            storage.write_bytes(storage.join(self.output, files[2]), encode_image(overlay(image, mask, ignore_index=-1)))
-        names = self.class_names or default_class_names(int(mask.max(initial=0)) + 1)
+            storage.write_bytes(storage.join(self.output, files[2]), encode_image(overlay_with_legend(image, mask, names)))
         meta = {"uri": str(uri), "width": int(mask.shape[1]), "height": int(mask.shape[0]), "model": self.model_name,
                 "mask": os.path.basename(files[0]), "class_names": names, "pixel_counts": pixel_counts(mask, self.class_names),
                 "timings_s": timings, **({"page_index": page_index} if page_index is not None else {})}

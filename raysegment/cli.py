@@ -1,5 +1,7 @@
 """What every job in jobs/ shares: `-c CONFIG -o Section.key=value` and one-line errors."""
 
+import json
+import os
 import sys
 import time
 
@@ -17,17 +19,42 @@ def add_config_arguments(parser, required=False):
     return parser
 
 
-def config_from_args(args, parser):
-    """Load the config named by parsed args; a ConfigError becomes argparse's usage error (exit 2)."""
+def config_from_args(args, parser, mode=None):
+    """Load the config named by parsed args for the job `mode` (None: Global.mode); a ConfigError
+    becomes argparse's usage error (exit 2)."""
     try:
-        return load_config(args.config, args.override)
+        cfg = load_config(args.config, args.override)
+        refuse_outputs_lost_with_the_job(cfg, mode or cfg.Global.mode)
+        return cfg
     except ConfigError as e:
         parser.error(str(e))
+
+
+# what each mode writes; the others keep their defaults unused
+OUTPUT_KEYS = {"predict": ("Predict.output",), "train": ("Global.output", "Ray.storage_path")}
+
+
+def refuse_outputs_lost_with_the_job(cfg, mode):
+    """Under `ray job submit --working-dir DIR`, a job runs in Ray's temporary copy of DIR, deleted
+    with the cluster's session: a relative output path there is lost, so it is refused by name."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    if not (job.get("runtime_env") or {}).get("working_dir"):
+        return
+    for key in OUTPUT_KEYS.get(mode, ("Global.output",)):
+        section, name = key.split(".")
+        path = getattr(getattr(cfg, section), name)
+        if path and "://" not in path and not os.path.isabs(path):
+            raise ConfigError(f"{key} {path!r} is relative, and this job runs in Ray's temporary copy of --working-dir, "
+                              "which is deleted with the cluster's session; give an absolute path (on a filesystem every "
+                              "node shares, for a cluster) or an s3:// prefix")
 
 
 def run(main):
     """Run a job's main(); a user error prints `error: <message>` and exits 1, or 2 for a bad config
     key or value (as argparse exits on a bad flag), whichever front door read it."""
+    from .ray_env import filter_stderr
+
+    filter_stderr()
     try:
         main()
     except USER_ERRORS as e:

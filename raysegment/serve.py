@@ -44,6 +44,7 @@ from .data.image import ImageError, ImageTooLarge, decode_image, encode_image
 from .data.labels import encode_label_png, pixel_counts
 from .data.pdf import is_pdf, render_pages
 from .data.visualize import colorize
+from .infer.model_files import read_model_folder
 from .ray_env import Cluster, Placement, init_ray, serve_replicas
 
 log = logging.getLogger(__name__)
@@ -337,14 +338,7 @@ def build_app(args=None):
     """The Serve application for `args` (ServeOptions keys; what configs/serve.yaml's `args` holds).
     Replica count, autoscaling and resources come from the same args; a Serve config's own
     `deployments:` entries still override them, as Serve does."""
-    opts = parse_options(ServeOptions, args, "args")
-    if not opts.model_dir:
-        raise ValueError("args.model_dir is not set: pass the exported inference folder (or checkpoint) to serve")
-    if not os.path.isdir(opts.model_dir):
-        raise ValueError(f"args.model_dir {opts.model_dir!r} is not a folder; pass an exported inference folder or checkpoint")
-    opts.model_dir = os.path.abspath(opts.model_dir)  # replicas may start in another working directory
-    if opts.models is not None:
-        opts.models = _checked_models(opts.models)
+    opts = check_folders(parse_options(ServeOptions, args, "args"))
     if opts.max_ongoing_requests < opts.max_batch_size:
         raise ValueError(f"args.max_ongoing_requests ({opts.max_ongoing_requests}) is below args.max_batch_size "
                          f"({opts.max_batch_size}): batches could never fill; raise it")
@@ -354,6 +348,20 @@ def build_app(args=None):
     deployment = Segmenter.options(max_ongoing_requests=opts.max_ongoing_requests, **scaling,
                                    ray_actor_options=placement.ray_options)
     return deployment.bind(dataclasses.asdict(opts), dataclasses.asdict(placement))
+
+
+def check_folders(opts):
+    """`opts` with model_dir and every args.models folder checked as a model folder (a folder that is
+    none is refused here, not in a replica) and made absolute (replicas may start elsewhere)."""
+    if not opts.model_dir:
+        raise ValueError("args.model_dir is not set: pass the exported inference folder (or checkpoint) to serve")
+    if not os.path.isdir(opts.model_dir):
+        raise ValueError(f"args.model_dir {opts.model_dir!r} is not a folder; pass an exported inference folder or checkpoint")
+    read_model_folder(opts.model_dir)
+    opts.model_dir = os.path.abspath(opts.model_dir)
+    if opts.models is not None:
+        opts.models = _checked_models(opts.models)
+    return opts
 
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -367,6 +375,10 @@ def _checked_models(models):
             raise ValueError(f"args.models: model id {model_id!r} must be letters, digits, '.', '_' or '-' (used in URLs and headers)")
         if not isinstance(folder, str) or not os.path.isdir(folder):
             raise ValueError(f"args.models.{model_id}: {folder!r} is not a folder; give each id an exported inference folder or checkpoint")
+        try:
+            read_model_folder(folder)
+        except ValueError as e:
+            raise ValueError(f"args.models.{model_id}: {e}") from None
         checked[model_id] = os.path.abspath(folder)
     return checked
 
@@ -393,17 +405,20 @@ def load_serve_config(path=None, overrides=(), **flags):
     return parse_options(ServeOptions, args, "args", overrides)
 
 
-def serve_forever(opts, ray_address=None, what=None):
-    """Deploy the app for `opts` and keep it up until Ctrl-C or SIGTERM, then shut Serve down."""
+def serve_forever(opts, ray_address=None, what=None, name="segmentation"):
+    """Deploy the app for `opts` and keep it up until Ctrl-C or SIGTERM, then delete it (a local Ray
+    this process started goes with the process)."""
     import signal
     import time
 
-    init_ray(ray_address)
+    check_folders(opts)  # before Ray starts
+    init_ray(ray_address, worker_logs=False)  # replicas' access logs stay in Ray's log files
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's start-up chatter; our own line says where
     stop = []
     # after ray.init, whose own SIGTERM handler would replace an earlier one; before deploying, so a
     # SIGTERM that comes as soon as the service answers is ours
     signal.signal(signal.SIGTERM, lambda *_: stop.append("SIGTERM"))
-    url = start(opts, ray_address=ray_address)
+    url = start(opts, ray_address=ray_address, name=name)
     print(f"serving {what or opts.model_dir} at {url} (POST /semantic-segmentation, POST /predict, GET /ready); "
           "Ctrl-C stops", flush=True)
     try:
@@ -412,14 +427,31 @@ def serve_forever(opts, ray_address=None, what=None):
     except KeyboardInterrupt:
         stop.append("Ctrl-C")
     finally:
-        serve.shutdown()
+        # the app only: serve.shutdown() would also stop Serve itself, which on a shared cluster serves
+        # other apps, and on a local Ray makes its controller's last call fail loudly as it exits
+        serve.delete(name)
     print(f"{stop[0] if stop else 'stopped'}: service shut down", flush=True)
 
 
-def start(opts, ray_address=None, name="segmentation"):
+def start(opts, ray_address=None, name="segmentation", route_prefix="/"):
     """Deploy the app for `opts` (ServeOptions) on Ray (connecting or starting a local one) with
-    its HTTP proxy on opts.host:opts.port; returns the base URL. `serve.shutdown()` stops it."""
+    its HTTP proxy on opts.host:opts.port; returns the base URL. `serve.delete(name)` stops it. A
+    replica that fails to start is a ValueError with the replica's own message."""
     init_ray(ray_address)
     serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s})
-    serve.run(build_app(dataclasses.asdict(opts)), name=name, route_prefix="/")
+    try:
+        serve.run(build_app(dataclasses.asdict(opts)), name=name, route_prefix=route_prefix)
+    except RuntimeError as e:  # "Deploying application ... failed": the reason is in the app's status
+        raise ValueError(_deploy_failure(name) or str(e)) from None
     return f"http://{opts.host}:{opts.port}"
+
+
+def _deploy_failure(name):
+    """The last line of the failing replica's traceback, as Serve's status keeps it, or None."""
+    app = serve.status().applications.get(name)
+    if app is None:
+        return None
+    messages = [d.message for d in app.deployments.values() if d.message] + [app.message]
+    lines = [line.strip() for m in messages for line in m.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
+    return f"the service did not start: {errors[-1] if errors else lines[-1] if lines else 'no reason given'}"

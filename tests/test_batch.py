@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -71,6 +72,8 @@ def test_folder_tree_with_broken_files(tmp_path, inference_dir, model, image_dir
     assert_masks_match(model, str(out), [(str(image_dir / "a.jpg"), "a"), (str(image_dir / "sub" / "b.png"), "sub/b"),
                                          (str(image_dir / "sub" / "c.jpg"), "sub/c")])
     assert (out / "sub" / "c_vis.jpg").exists() and not (out / "_parts").exists()
+    vis = cv2.imread(str(out / "sub" / "c_vis.jpg"))
+    assert vis.shape[0] == 48 and vis.shape[1] > 80  # the image (80 x 48) and its legend beside it
 
 
 def test_another_architecture_through_the_bulk_job(tmp_path, maskformer_dir, image_dir, ray_local):

@@ -77,6 +77,31 @@ def test_a_second_load_takes_the_choice_made_on_this_machine(inference_dir):
     assert (out == first.predictor.engine.paddle(x)).mean() >= 0.999
 
 
+def test_a_choice_made_by_a_sibling_while_this_process_waited_says_so(inference_dir, monkeypatch):
+    """Bulk actors and replicas start together: one races, the others wait on the machine's lock and
+    take its verdict. Here the sibling's verdict lands while this engine waits for the lock."""
+    from raysegment.infer import engine_choice
+
+    sibling = raysegment.create_model(model_dir=inference_dir, device="cpu", cpu_threads=1)
+    x = _inputs(sibling, 72, 104)
+    sibling.predictor.engine(x)
+    engine = raysegment.create_model(model_dir=inference_dir, device="cpu", cpu_threads=1).predictor.engine
+    verdict = engine._verdict_file((72, 104))
+    with open(verdict, "rb") as f:
+        chosen = f.read()
+    os.remove(verdict)  # the cache is cold when this engine first looks
+    real_lock = engine_choice.file_lock
+
+    def lock_while_the_sibling_finishes(path):
+        with open(verdict, "wb") as f:
+            f.write(chosen)
+        return real_lock(path)
+
+    monkeypatch.setattr(engine_choice, "file_lock", lock_while_the_sibling_finishes)
+    engine(x)
+    assert engine.notes[(72, 104)] == sibling.predictor.engine.notes[(72, 104)] + " (chosen just now by another process on this machine)"
+
+
 def test_static_shape_models_convert_per_shape_and_cap_it(inference_dir):
     """PP-LiteSeg's adaptive pooling converts only at a static size: one cached ONNX file per shape,
     the dynamic try recorded as failed once, and past MAX_STATIC_SHAPES the rest stay on Paddle."""

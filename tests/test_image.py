@@ -99,3 +99,19 @@ def test_normalize_and_restore_mask():
     labels = np.array([[0, 1], [2, 3]], np.int32)
     big = T.restore_mask(labels, 4, 4)
     assert set(np.unique(big)) == {0, 1, 2, 3} and big.shape == (4, 4)  # nearest: no new labels
+
+
+def test_overlay_legend_lists_the_classes_present_with_their_colours():
+    from raysegment.data.visualize import PALETTE, overlay, overlay_with_legend
+
+    rgb = np.full((360, 480, 3), 128, np.uint8)
+    mask = np.zeros((360, 480), np.int32)
+    mask[:, 300:] = 2  # class 2 on 37.5% of the pixels, class 0 on the rest; class 1 absent
+    vis = overlay_with_legend(rgb, mask, ["sky", "road", "car"])
+    assert vis.shape[0] == 360 and vis.shape[1] > 480
+    np.testing.assert_array_equal(vis[:, :480], overlay(rgb, mask, ignore_index=-1))  # the photo's part is the overlay
+    panel = vis[:, 480:].reshape(-1, 3)
+    has = {c: bool((panel == PALETTE[c]).all(axis=1).any()) for c in range(3)}
+    assert has == {0: True, 1: False, 2: True}
+    rows = [np.flatnonzero((vis[:, 480:] == PALETTE[c]).all(axis=2).any(axis=1)) for c in (0, 2)]
+    assert rows[0].min() < rows[1].min()  # most pixels first

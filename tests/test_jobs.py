@@ -28,6 +28,8 @@ def test_export_checkpoint_then_predict_cli(checkpoint_dir, image_dir, tmp_path)
     done = run_job("predict.py", "--model-dir", str(out), "--input", str(image_dir), "--output", str(pred), "--batch-size", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "3 inputs: 3 done, 0 errors" in done.stdout
+    for noise in ("Token authentication is enabled", "has constructor arguments in the object store"):
+        assert noise not in done.stderr, done.stderr  # nothing a user can act on
     files = sorted(str(p.relative_to(pred)) for p in pred.rglob("*") if p.is_file())
     assert files == ["_SUCCESS.json", "_errors.jsonl", "_manifest.jsonl", "a.json", "a.png", "sub/b.json", "sub/b.png", "sub/c.json", "sub/c.png"]
 
@@ -67,6 +69,14 @@ def test_job_runtime_errors_are_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: model folder '{tmp_path / 'missing'}' does not exist")
     assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_a_folder_that_is_no_model_before_ray_starts(tmp_path):
+    done = run_job("serve.py", "--model-dir", str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: model folder '{tmp_path}' has no inference.yml; "
+                                                "is it an exported inference folder or a checkpoint?"]
+    assert "Ray" not in done.stdout
 
 
 def test_check_dataset_cli_passes_and_fails(tmp_path):

@@ -66,6 +66,7 @@ def test_training_on_two_nodes_resumes_after_one_dies(cluster, tmp_path):
 
     status, logs = cluster.wait_job(job, timeout=420, poll=kill_after_the_first_checkpoint)
     assert status == "SUCCEEDED", logs
+    assert "iter 20/20 loss" in logs and "val mIoU" in logs, logs  # the workers' progress reaches `ray job logs`
     assert killed and spread, "the two workers never ran on two nodes, or no node was killed"
     result = json.loads((out / "train_result.json").read_text())
     assert result["iters"] == 20 and result["workers"] == 2 and result["workers_in_sync"]
@@ -75,6 +76,15 @@ def test_training_on_two_nodes_resumes_after_one_dies(cluster, tmp_path):
     resumed_at, after = int(match.group(1)), log[match.end():]
     assert resumed_at >= 5 and "iter 20/20" in after
     assert [int(n) for n in re.findall(r"iter (\d+)/20 loss", after) if int(n) <= resumed_at] == []  # nothing done twice
+
+
+def test_a_relative_output_under_working_dir_is_refused_by_name(cluster, inference_dir):
+    """The job runs in Ray's temporary copy of --working-dir: output/lost would vanish with it."""
+    job = cluster.submit(["python", "jobs/predict.py", "--model-dir", inference_dir, "--input", "raysegment/data/samples",
+                          "--output", "output/lost"], ROOT)
+    status, logs = cluster.wait_job(job, timeout=180)
+    assert status == "FAILED", logs
+    assert "error: Predict.output 'output/lost' is relative, and this job runs in Ray's temporary copy of --working-dir" in logs
 
 
 def test_bulk_job_over_s3_on_three_nodes_survives_one_dying(cluster, s3_bucket, inference_dir):

@@ -320,6 +320,11 @@ def test_build_app_refuses_bad_args(inference_dir, tmp_path):
         build_app({"model_dir": inference_dir, "max_batch_size": 64, "max_ongoing_requests": 8})
     with pytest.raises(ValueError, match="not a folder"):
         build_app({"model_dir": str(tmp_path / "missing")})
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(ValueError, match=r"model folder .*photos' has no inference.yml"):
+        build_app({"model_dir": str(tmp_path / "photos")})  # refused before anything deploys
+    with pytest.raises(ValueError, match=r"args.models.site: model folder .*photos' has no inference.yml"):
+        build_app({"model_dir": inference_dir, "models": {"site": str(tmp_path / "photos")}})
     with pytest.raises(ValueError, match="model id '../x' must be letters"):
         build_app({"model_dir": inference_dir, "models": {"../x": inference_dir}})
     with pytest.raises(ValueError, match=r"args.models.site: .* is not a folder"):
@@ -373,7 +378,7 @@ def test_serve_commands_answer_then_stop_cleanly_on_sigterm(command, inference_d
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as resp:
                     assert json.loads(resp.read())["model"] == "PP-LiteSeg-T"
                     break
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # not up yet, or slow to answer
                 assert proc.poll() is None, proc.stdout.read()
                 time.sleep(1)
         else:
@@ -391,5 +396,28 @@ def test_serve_commands_answer_then_stop_cleanly_on_sigterm(command, inference_d
             proc.kill()
     assert proc.returncode == 0, out
     assert f"at http://127.0.0.1:{port}" in out and "SIGTERM: service shut down" in out
+    for noise in ("Token authentication is enabled", "will not be applied", "graceful_shutdown", "Started Serve"):
+        assert noise not in out, out  # nothing a user can act on
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5)
+
+
+def test_a_replica_that_cannot_start_is_one_error_with_its_own_reason(service, tmp_path, checkpoint_dir):
+    """A folder that looks like a model but whose weights do not load fails in the replica: the
+    error says why, not only that Serve's deployment failed."""
+    import shutil
+
+    from ray import serve
+
+    from raysegment.serve import load_serve_config, start
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint_dir, broken)
+    (broken / "model.pdparams").write_bytes(b"not a pickle")
+    opts = load_serve_config(None, ["num_replicas=1", "cpus_per_replica=0"], model_dir=str(broken), port=int(service.rsplit(":", 1)[1]))
+    try:
+        with pytest.raises(ValueError, match=r"^the service did not start: .*WeightsError: cannot read weights file .*model.pdparams"):
+            start(opts, name="broken", route_prefix="/broken")
+    finally:
+        serve.delete("broken")
+

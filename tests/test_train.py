@@ -232,6 +232,8 @@ def test_two_gloo_workers_match_one_worker_on_the_union(tmp_path, ray_local):
     two = fit(decomposable_cfg(root, tmp_path / "two", workers=2, batch=2))
     fit(decomposable_cfg(root, tmp_path / "one", workers=1, batch=4))
     assert two["workers"] == 2 and two["workers_in_sync"] is True
+    link = tmp_path / "two" / "iter_3"  # each checkpoint once on disk: the folder is Ray Train's copy
+    assert link.is_symlink() and link.resolve() == (tmp_path / "two" / "ray_results" / "ray_train" / "iter_3").resolve()
     a = paddle.load(str(tmp_path / "two" / "iter_3" / "model.pdparams"))
     b = paddle.load(str(tmp_path / "one" / "iter_3" / "model.pdparams"))
     init = raysegment.build_model("PP-LiteSeg-T", 3).state_dict()

@@ -32,6 +32,30 @@ def overlay(rgb, label_map, ignore_index=255, alpha=0.5):
     return blended
 
 
+def overlay_with_legend(rgb, label_map, class_names, alpha=0.5):
+    """The overlay with a legend panel on its right: for each class present, most pixels first, its
+    colour, name and share of the image's pixels. Text scales with the image (readable from 360 rows)."""
+    blended = overlay(rgb, label_map, ignore_index=-1, alpha=alpha)
+    height = blended.shape[0]
+    ids, counts = np.unique(label_map, return_counts=True)
+    scale = max(1.0, height / 720)
+    row, margin, font = int(24 * scale), int(10 * scale), cv2.FONT_HERSHEY_SIMPLEX
+    panel = np.full((height, int(230 * scale), 3), 255, np.uint8)
+    rows = sorted(zip(counts.tolist(), ids.tolist()), reverse=True)
+    fit = max((height - 2 * margin) // row, 1)
+    for k, (count, cid) in enumerate(rows[:fit]):
+        top = margin + k * row
+        if k == fit - 1 and len(rows) > fit:  # no room left: say how many classes are not listed
+            cv2.putText(panel, f"+ {len(rows) - k} more classes", (margin, top + row - int(8 * scale)), font, 0.5 * scale,
+                        (0, 0, 0), max(int(scale), 1), cv2.LINE_AA)
+            break
+        name = class_names[cid] if cid < len(class_names) else f"class_{cid}"
+        cv2.rectangle(panel, (margin, top + 3), (margin + row - 6, top + row - 3), PALETTE[cid % 256].tolist(), -1)
+        cv2.putText(panel, f"{name[:16]} {100 * count / label_map.size:.1f}%", (margin + row, top + row - int(8 * scale)), font,
+                    0.5 * scale, (0, 0, 0), max(int(scale), 1), cv2.LINE_AA)
+    return np.concatenate([blended, panel], axis=1)
+
+
 def draw_histogram(class_names, series, width=900, row_h=26):
     """Horizontal bars of each class's share of labelled pixels, one bar per series (e.g. train,
     val); returns an RGB image. `series` maps a name to per-class pixel counts."""

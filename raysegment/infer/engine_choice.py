@@ -97,7 +97,7 @@ class ChosenEngine:
         verdict = self._verdict_file(shape)
         os.makedirs(os.path.dirname(verdict), exist_ok=True)
         with file_lock(f"{verdict}.lock"):
-            engine = self._checked_before(shape)
+            engine = self._checked_before(shape, "chosen just now by another process on this machine")
             return engine(batch) if engine is not None else self._choose(batch)
 
     def _verdict_file(self, shape):
@@ -107,9 +107,10 @@ class ChosenEngine:
         tag = f"{shape[0]}x{shape[1]}_{device}_{self.threads}t_{self.spec.engine or 'auto'}_{self.spec.precision}"
         return os.path.join(cache_dir(), f"{folder_key(self.info)}_{tag}_{versions}.choice.json")
 
-    def _checked_before(self, shape):
-        """The engine this machine chose earlier for this shape (a Serve replica or bulk actor that
-        starts again skips the race and the Paddle reference), or None."""
+    def _checked_before(self, shape, how="chosen earlier on this machine"):
+        """The engine this machine chose for this shape (a Serve replica or bulk actor that starts
+        again, or that waited while a sibling raced, skips the race and the Paddle reference), or
+        None. `how` says which, in the note."""
         try:
             with open(self._verdict_file(shape), encoding="utf-8") as f:
                 verdict = json.load(f)
@@ -117,7 +118,7 @@ class ChosenEngine:
             engine = self.paddle if name.startswith("paddle:") else self._runtime(name.split(":")[0], shape)
         except Exception:  # none yet, unreadable, or a runtime that no longer loads here: choose again
             return None
-        self.by_shape[shape], self.notes[shape] = engine, f"{verdict['note']} (chosen earlier on this machine)"
+        self.by_shape[shape], self.notes[shape] = engine, f"{verdict['note']} ({how})"
         log.info("%s: %s", os.path.dirname(self.info.graph_file), self.notes[shape])
         return engine
 

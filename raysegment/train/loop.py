@@ -351,7 +351,11 @@ def _evaluate_and_save(cfg, net, opt, class_names, val_rows, state, done, device
         log.info("new best model (mIoU %s) at iteration %d", _fmt(miou), done)
     old = sorted((int(d.split("_")[1]) for d in os.listdir(out) if d.startswith("iter_")), reverse=True)[t.keep_checkpoints:]
     for n in old:
-        shutil.rmtree(os.path.join(out, f"iter_{n}"), ignore_errors=True)
+        folder = os.path.join(out, f"iter_{n}")
+        if os.path.islink(folder):  # Ray Train's copy is the checkpoint (ray_train._keep_one_copy); Ray prunes it
+            os.unlink(folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     return {"mIoU": metrics["mIoU"], "pixel_accuracy": metrics.get("pixel_accuracy"), "best_mIoU": state["best_mIoU"],
             "best_iter": state["best_iter"]}
 

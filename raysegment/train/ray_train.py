@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 
 from ray.train.backend import Backend, BackendConfig
@@ -103,6 +104,25 @@ def _report(metrics, checkpoint_dir):
         storage = ray.train.get_context().get_storage()
         with storage.storage_filesystem.open_output_stream(f"{storage.experiment_fs_path}/{name}/{WHOLE_MARKER}"):
             pass
+        _keep_one_copy(checkpoint_dir, storage, name)
+
+
+def _keep_one_copy(checkpoint_dir, storage, name):
+    """Ray Train has just copied iter_<N> into its storage. When that storage is on this machine's
+    disk (the default, Global.output/ray_results), iter_<N> becomes a link to Ray's copy, so each
+    checkpoint is on disk once (a 10-iteration PP-LiteSeg-T run kept 343 MB as two copies). At each
+    step either the folder or the link is there."""
+    import pyarrow.fs
+
+    uploaded = os.path.join(storage.experiment_fs_path, name)
+    if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem) or not os.path.isdir(uploaded):
+        return
+    out = os.path.dirname(checkpoint_dir)
+    inside = os.path.commonpath([os.path.abspath(uploaded), os.path.abspath(out)]) == os.path.abspath(out)
+    aside = os.path.join(out, f".{name}.replaced")  # not iter_<N>: never taken for a checkpoint
+    os.replace(checkpoint_dir, aside)
+    os.symlink(os.path.relpath(uploaded, out) if inside else os.path.abspath(uploaded), checkpoint_dir)
+    shutil.rmtree(aside)
 
 
 def _iteration(checkpoint):
