@@ -14,7 +14,7 @@ from raysegment.cli import run
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("output", help="a new folder for the dataset")
+    parser.add_argument("output", help="the dataset's folder")
     args = parser.parse_args(argv)
 
     from raysegment.data.demo import make_demo_dataset

@@ -4,15 +4,18 @@
     ray job submit --working-dir . -- python jobs/predict.py --model-dir /shared/models/inference \
         --input s3://bucket/images/ --output s3://bucket/masks/ -o Global.device=gpu -o Ray.predict_concurrency=8 -o Predict.batch_size=8
     python jobs/predict.py -c configs/PP-LiteSeg-T.yaml -o Predict.model_dir=... -o Predict.input=... -o Predict.output=...
-    # a C-core CPU machine runs fastest with C single-thread actors (here C = 2; see the README's benchmark)
-    python jobs/predict.py --model-dir MODEL --input images/ --output out/ -o Ray.predict_concurrency=2 \
-        -o Ray.cpus_per_actor=0.5 -o Ray.threads_per_actor=1 -o Ray.predict_batch_size=4 -o Predict.batch_size=4
+    python jobs/predict.py --model-dir MODEL --input images/ --output out/ --retry-errors   # after fixing broken inputs
+
+Actors, their CPUs and threads are sized to the cluster when unset (one single-thread actor per CPU,
+one per GPU on gpu): set Ray.* keys only to override that.
 
 --input is repeatable: a folder (recursive), a glob, an image file, a .txt of URIs (one a line),
 an s3:// prefix or key, or an http(s) URL. For OUT/a/b/img.png (label map), OUT/a/b/img.json
 (size, model, class names, per-class pixel counts, timings) per input, plus OUT/_manifest.jsonl,
 OUT/_errors.jsonl and OUT/_SUCCESS.json. A bad input is recorded and the job goes on; a rerun
-skips what is done. Exit code 0 when every input is done, 3 when some are errors.
+skips what is done (--retry-errors: and runs the recorded errors again). Exit code 0 when every input is
+done, 3 when some are errors, 1 (one `error:` line) when nothing can start: a missing input, no
+images in it, S3 unreachable.
 Same as `python -m raysegment -c CONFIG -o Global.mode=predict ...`.
 """
 
