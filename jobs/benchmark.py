@@ -472,7 +472,7 @@ def _plan_worker(listing, out, results):
         run.record((u, "done", [f"{u}.png", f"{u}.json"], "") for u in uris)
     start = time.perf_counter()
     summary = run.commit({})  # the merge of every recorded line, as the job's end does it
-    results.put({"to_do": rows, "skipped": run.skipped, "blocks": len(blocks), "plan_s": plan_s, "plan_mb": plan_mb,
+    results.put({"to_do": rows, "skipped": run.skipped_done, "blocks": len(blocks), "plan_s": plan_s, "plan_mb": plan_mb,
                  "merge_s": time.perf_counter() - start, "merge_mb": heap.growth(), "merged_lines": summary["inputs"]})
     ray.shutdown()
 

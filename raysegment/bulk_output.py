@@ -191,7 +191,7 @@ class BulkRun:
                     counts[0] += 1
                     if record.get("status") == "done":
                         counts[1] += 1
-                    else:
+                    elif kind == "manifest":
                         failed.append(hash(record["uri"]))
                     yield json.dumps(record)
 

@@ -56,6 +56,12 @@ def pdf_bytes(*images_rgb):
     return buf.getvalue()
 
 
+def pytest_collection_modifyitems(items):
+    """The README's quickstarts run first: they start Ray as on a user's machine (`ray start --head`
+    on Ray's default ports, its agent on 52365), which a Ray this suite started would already hold."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_readme.py::test_quickstart"))
+
+
 @pytest.fixture(scope="session")
 def tiny_layer():
     """An untrained PP-LiteSeg-T with 3 classes, in eval mode (weights fixed by seed)."""

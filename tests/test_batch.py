@@ -189,7 +189,7 @@ def test_the_plan_streams_in_chunks_and_keeps_every_input_once(tmp_path, monkeyp
     chunks = list(run.plan(x for part in (listed, extra) for x in part))
     todo = [row["uri"] for chunk in chunks for row in chunk]
     assert todo == [f"u{i}" for i in range(150, 400)] + ["x1"] + [f"y{i}" for i in range(120)]
-    assert max(len(c) for c in chunks) <= 100 and run.skipped == 150 and run.collisions == 2
+    assert max(len(c) for c in chunks) <= 100 and (run.skipped_done, run.skipped_errors, run.collisions) == (150, 0, 2)
     run.record((u, "done", [], "") for u in todo)
     summary = run.commit({})
     assert (summary["inputs"], summary["done"], summary["errors"]) == (523, 521, 2)
@@ -220,7 +220,8 @@ def test_pdf_inputs_give_one_output_per_page_and_one_manifest_line(tmp_path, inf
         np.testing.assert_array_equal(decode_label((out / f"report_{index}.png").read_bytes()), want["pred"][0])
         meta = json.loads((out / f"report_{index}.json").read_text())
         assert meta["page_index"] == index and meta["uri"] == str(docs / "report.pdf")
-    assert bulk(inference_dir, str(docs), str(out), 2)["skipped_already_done"] == 3  # a rerun redoes nothing
+    again = bulk(inference_dir, str(docs), str(out), 2)  # a rerun redoes nothing, and counts the error apart
+    assert (again["processed_this_run"], again["skipped_already_done"], again["skipped_errors"]) == (0, 2, 1)
 
 
 def test_slide_mode_reaches_the_bulk_actors(tmp_path, inference_dir, ray_local):

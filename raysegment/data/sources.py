@@ -64,8 +64,12 @@ def check_inputs(inputs):
             raise storage.StorageError(f"input {spec!r} does not exist; pass a folder, an image or PDF, a glob, a URL list "
                                        "(.txt), an s3:// prefix or an http(s) URL")
         if next(list_inputs(spec), None) is None:
-            raise storage.StorageError(f"input {spec!r} has no images or PDFs: looked for {', '.join(storage.INPUT_SUFFIXES)} "
-                                       "(names starting with '.' or '_' are skipped)")
+            raise _nothing_in(spec)
+
+
+def _nothing_in(spec):
+    return storage.StorageError(f"input {spec!r} has no images or PDFs: looked for {', '.join(storage.INPUT_SUFFIXES)} "
+                                "(names starting with '.' or '_' are skipped)")
 
 
 def iter_inputs(inputs):
@@ -84,7 +88,7 @@ def iter_inputs(inputs):
             found = True
             yield entry["uri"], entry["uri"]
         if not found:
-            raise storage.StorageError(f"{os.fspath(item)!r} has no images or PDFs ({', '.join(storage.INPUT_SUFFIXES)})")
+            raise _nothing_in(os.fspath(item))
 
 
 def load_pages(uri, item, max_pixels=None, max_bytes=None):
