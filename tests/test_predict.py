@@ -106,7 +106,8 @@ def test_path_directory_and_list_inputs(model, image_dir):
 def test_batch_size_does_not_change_results(model, image_dir):
     single = [r["pred"] for r in model.predict(str(image_dir), batch_size=1)]
     batched = [r["pred"] for r in model.predict(str(image_dir), batch_size=3)]
-    for a, b in zip(single, batched):
+    assert len(single) == 3
+    for a, b in zip(single, batched, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -120,7 +121,8 @@ def test_predictor_batch_size_caps_each_forward_pass(inference_dir):
     predictor.engine = lambda batch: sizes.append(len(batch)) or engine(batch)
     capped = predictor.predict(images, batch_size=2)
     assert sorted(sizes) == [1, 1, 2, 2]  # five 64x96 inputs as 2 + 2 + 1, the 48x80 one alone
-    for a, b in zip(whole, capped):
+    assert len(whole) == 6
+    for a, b in zip(whole, capped, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -305,7 +307,8 @@ def test_onednn_failing_on_a_later_input_falls_back_for_good(inference_dir):
 def test_plain_and_auto_cpu_modes_agree(inference_dir, image_dir):
     auto = [r["pred"] for r in raysegment.create_model(model_dir=inference_dir).predict(str(image_dir))]
     plain = [r["pred"] for r in raysegment.create_model(model_dir=inference_dir, run_mode="paddle").predict(str(image_dir))]
-    for a, b in zip(auto, plain):
+    assert len(auto) == 3
+    for a, b in zip(auto, plain, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -173,8 +173,8 @@ def validate(cfg):
                          f"{per_pixel_keys[0]}; leave it unset")
     if isinstance(weights, list) and len(weights) != t.num_classes:
         raise ValueError(f"Train.class_weights has {len(weights)} values but Train.num_classes is {t.num_classes}; give one per class")
-    if t.resume_path and not os.path.isfile(os.path.join(t.resume_path, "train_state.json")):
-        raise ValueError(f"Train.resume_path {t.resume_path!r} is not a training checkpoint (no train_state.json)")
+    if t.resume_path and not os.path.isfile(os.path.join(t.resume_path, STATE_FILE)):
+        raise ValueError(f"Train.resume_path {t.resume_path!r} is not a training checkpoint (no {STATE_FILE})")
     return rows
 
 
