@@ -14,12 +14,10 @@ Same as `python -m raysegment -c CONFIG -o Global.mode=check_dataset ...`.
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: E402
+from raysegment.cli import add_config_arguments, config_from_args, run
 
 
 def main(argv=None):
@@ -27,9 +25,10 @@ def main(argv=None):
     cfg = config_from_args(parser.parse_args(argv), parser, "check_dataset")
 
     from raysegment.cli import report_check
+    from raysegment.batch import pair_checker
     from raysegment.data.check import check_from_config
 
-    sys.exit(report_check(check_from_config(cfg), cfg.Global.output))
+    sys.exit(report_check(check_from_config(cfg, pair_checker(cfg)), cfg.Global.output))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,9 @@ Connects to --address (or RAY_ADDRESS) when set, else starts a local Ray.
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.cli import run  # noqa: E402
+from raysegment.cli import run
 
 
 def main(argv=None):

@@ -21,28 +21,31 @@ warnings.filterwarnings("ignore", message="No ccache found")
 # Paddle 3.2 warns once per process that paddle.max differs from torch.max; we call Paddle's API as Paddle's
 warnings.filterwarnings("ignore", message=r"\s*Non compatible API")
 
-from .config import ConfigError, load_config  # noqa: E402  (light: no Paddle)
+from .config import ConfigError, inference_options, load_config  # noqa: E402  (light: no Paddle)
 from .models import MODELS, build_model  # noqa: E402  (the registry: architectures load when built)
 from .pipeline import create_pipeline  # noqa: E402  (light: the model loads when the pipeline is made)
 
 __version__ = "0.1.0"
 
 
-def create_model(model_name=None, model_dir=None, device=None, target_size=None, **kw):
+def create_model(model_name=None, model_dir=None, device=None, target_size=None, num_classes=None, **options):
     """A PaddleX-style model: `.predict(input, batch_size=1, target_size=None)` yields SegResults.
 
     model_dir: an exported inference folder (ours or PaddleX's) or a checkpoint folder; None looks
     in PaddleX's cache of official models. device: 'cpu', 'gpu', 'gpu:N' or None (GPU if any).
-    target_size: None (the folder's setting), -1 (no resize), N or (width, height).
+    target_size: None (the folder's setting), -1 (no resize), N or (width, height). num_classes: for
+    a PaddleX folder that does not name its classes.
+    Other keywords are the inference options (raysegment/infer/options.py), checked by name:
+    slide_window, slide_stride, max_image_pixels (default 40 M), and PaddleX's engine keywords.
     Engines: by default the fastest installed one (OpenVINO, ONNX Runtime, Paddle oneDNN or plain
     Paddle) whose masks equal Paddle's, per input shape; PaddleX's keywords pin one or opt in to bf16:
     engine="paddle" | "paddle_static" | "onnxruntime" | "openvino" | "hpi", engine_config={"run_mode",
-    "cpu_threads", "precision"}, use_hpip, hpi_config={"backend", "backend_config"} (infer/engine_spec.py).
-    Extra keyword arguments (num_classes, run_mode, cpu_threads, max_image_pixels) go to the Predictor.
+    "cpu_threads", "precision"}, use_hpip, hpi_config={"backend", "backend_config"}; run_mode= and
+    cpu_threads= are shorthands for engine_config's.
     """
     from .infer.model import SegModel
 
-    return SegModel.create(model_name, model_dir, device, target_size, **kw)
+    return SegModel.create(model_name, model_dir, device, inference_options(target_size=target_size, **options), num_classes)
 
 
 def __getattr__(name):

@@ -3,7 +3,7 @@
     raysegment --pipeline semantic_segmentation --input IMG|DIR|URL|PDF [--device cpu] [--save_path DIR]
     raysegment --pipeline my_pipeline.yaml --input ... [--target_size 512] [--engine onnxruntime]
     raysegment --get_pipeline_config semantic_segmentation [--save_path DIR|FILE.yaml]
-    raysegment --serve --pipeline my_pipeline.yaml [--host 0.0.0.0] [--port 8080]   # Ray Serve, PaddleX's protocol
+    raysegment --serve --pipeline my_pipeline.yaml [--host 127.0.0.1] [--port 8000]   # Ray Serve, PaddleX's protocol
 
     raysegment -c configs/PP-LiteSeg-T.yaml -o Global.mode=check_dataset -o Global.dataset_dir=...
     raysegment -c configs/PP-LiteSeg-T.yaml -o Global.mode=train -o Global.dataset_dir=... -o Train.num_classes=11
@@ -47,8 +47,8 @@ def parser():
     g.add_argument("--get_pipeline_config", metavar="NAME", help="write the named pipeline's YAML to --save_path (default .)")
     s = p.add_argument_group("serving")
     s.add_argument("--serve", action="store_true", help="serve --pipeline on Ray Serve until Ctrl-C or SIGTERM")
-    s.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0, as PaddleX)")
-    s.add_argument("--port", type=int, default=8080, help="port (default 8080, as PaddleX)")
+    s.add_argument("--host", help="address to bind (default 127.0.0.1, as jobs/serve.py; PaddleX binds 0.0.0.0)")
+    s.add_argument("--port", type=int, help="port (default 8000, as jobs/serve.py; PaddleX's is 8080)")
     s.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or a local Ray")
     return p
 
@@ -104,25 +104,29 @@ def predict_pipeline(args):
 
 def serve_pipeline(args):
     """The pipeline's model on our Ray Serve app (PaddleX's protocol, plus /predict)."""
+    import dataclasses
+
     from .downloads import fetch_official_model
-    from .pipeline import engine_keys, load_pipeline_config
+    from .infer.model_files import read_model_folder
+    from .infer.options import InferenceOptions
+    from .pipeline import load_pipeline_config, module_options
     from .serve import load_serve_config, serve_forever
 
     cfg = load_pipeline_config(args.pipeline)
-    m = cfg.SubModules.SemanticSegmentation
-    keys = engine_keys(cfg, args.engine, None, args.use_hpip or None, args.hpi_config)
-    opts = load_serve_config(model_dir=m.model_dir or fetch_official_model(m.model_name), host=args.host, port=args.port,
-                             device=args.device or cfg.device, target_size=m.target_size,
-                             **{k: v for k, v in keys.items() if v is not None})
+    m = module_options(cfg, args.engine, None, args.use_hpip or None, args.hpi_config)
+    inference = {f.name: dataclasses.asdict(m)[f.name] for f in dataclasses.fields(InferenceOptions)}
+    opts = load_serve_config(model_dir=m.model_dir or fetch_official_model(m.model_name, check=read_model_folder),
+                             host=args.host, port=args.port, device=args.device or cfg.device, **inference)
     serve_forever(opts, ray_address=args.address, what=f"pipeline {args.pipeline} ({opts.model_dir})")
 
 
 def run_config(cfg):
     mode = cfg.Global.mode
     if mode == "check_dataset":
+        from .batch import pair_checker
         from .data.check import check_from_config
 
-        sys.exit(report_check(check_from_config(cfg), cfg.Global.output))
+        sys.exit(report_check(check_from_config(cfg, pair_checker(cfg)), cfg.Global.output))
     elif mode == "evaluate":
         from .batch import evaluate
 

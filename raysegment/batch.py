@@ -9,6 +9,7 @@ passes and, in the bulk job, writes each image's outputs. Actor resources come f
 ray_env.predict_actors; the Predictor's settings from the Predict section.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import pyarrow
 
 from . import storage
 from .bulk_output import BulkRun, ImageWriter
+from .data.check import check_batch, check_locally, checked_rows
 from .data.dataset import Problem, iter_split, read_class_names, read_pair
 from .data.image import ImageError, decode_image
 from .data.labels import LabelError
@@ -76,15 +78,12 @@ class PredictorActor:
     """Holds one Predictor for the actor's lifetime (loaded once, in __init__), set up as the
     Predict section says (engine, forward batch size, target size) on the placement's device."""
 
-    def __init__(self, model_dir, predict, placement, resize=True):
-        from .infer import Predictor
-        from .infer.predictor import check_slide
+    def __init__(self, model_dir, predict, placement):
+        from .infer import Predictor  # Paddle and the engines load in the actor, not in the driver
 
         self.batch_size = predict.batch_size
         self.max_pixels, self.max_bytes = predict.max_image_pixels, predict.max_image_bytes
-        self.predictor = Predictor.load(model_dir, device=placement.device, engine=predict.engine_spec(placement.threads),
-                                        target_size=predict.target_size if resize else None,
-                                        slide=check_slide(predict.slide_window, predict.slide_stride))
+        self.predictor = Predictor.load(model_dir, predict, placement.device, placement.threads)
 
     def predict_good_rows(self, batch):
         """(indices of the rows read without error, their label maps)."""
@@ -139,7 +138,7 @@ class EvalActor(PredictorActor):
     Images are scored as the model folder says (no Predict.target_size)."""
 
     def __init__(self, model_dir, predict, placement, num_classes):
-        super().__init__(model_dir, predict, placement, resize=False)
+        super().__init__(model_dir, dataclasses.replace(predict, target_size=None), placement)
         self.num_classes = num_classes
 
     def __call__(self, batch):
@@ -169,7 +168,7 @@ def _actor_pool(ray, cfg):
 MAX_BLOCK_ROWS = 128
 
 
-def _blocks(ray, chunks, actors):
+def plan_blocks(ray, chunks, actors):
     """Planned chunks of inputs -> (Arrow blocks in the object store, rows). The plan streams, so
     the driver keeps only references however long the listing. Ray Data hands an actor a whole
     block, so a chunk is cut in about 8 blocks per actor (every actor gets work on a short list)
@@ -195,7 +194,7 @@ def predict_bulk(cfg, progress=None):
     placement, read, pool = _actor_pool(ray, cfg)
     started = time.perf_counter()
     run = BulkRun(p.output, retry_errors=p.retry_errors)
-    blocks, to_do = _blocks(ray, run.plan(list_inputs(p.input)), placement.count)
+    blocks, to_do = plan_blocks(ray, run.plan(list_inputs(p.input)), placement.count)
     processed = run.collisions  # inputs this run recorded
     engines, reasons = set(), set()  # what each actor runs (per input shape), and why
     if blocks:
@@ -278,3 +277,24 @@ def _class_names(model_dir, dataset_names):
     if not (dataset_names or model_names):
         raise ValueError(f"model folder {model_dir!r} does not name its classes; add a labels.txt to the dataset")
     return dataset_names or model_names
+
+
+RAY_MIN_SAMPLES = 2000  # below this, checking pairs in one local loop is quicker than starting Ray
+
+
+def pair_checker(cfg, min_samples=RAY_MIN_SAMPLES):
+    """A check_pairs for data.check.check_dataset: from `min_samples` pairs up, Ray Data tasks check
+    Ray.predict_batch_size pairs each (reserving READ_CPUS) on the cluster of Ray.address."""
+
+    def check_pairs(samples, num_classes):
+        if len(samples) < min_samples:
+            yield from check_locally(samples, num_classes)
+            return
+        ray = init_ray(cfg.Ray.address)
+        rows = [{"image": s.image, "label": s.label, "list_file": s.list_file, "line": s.line} for s in samples]
+        ds = ray.data.from_items(rows).map_batches(check_batch, fn_kwargs={"num_classes": num_classes}, num_cpus=READ_CPUS,
+                                                   batch_size=cfg.Ray.predict_batch_size, batch_format="numpy")
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # in any order: each row names its pair
+            yield from checked_rows(batch)
+
+    return check_pairs

@@ -18,7 +18,8 @@ from typing import Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .infer.engine_spec import ENGINES, PADDLEX_ENGINE_NAMES, PINNED_RUN_MODES, PRECISIONS, engine_spec
+from .infer.engines.spec import with_shorthands
+from .infer.options import EngineKeys, InferenceOptions, at_least as _min, choice as _choice
 from .models import MODELS
 
 
@@ -27,14 +28,6 @@ MEDIAN_FREQUENCY = "median_frequency"  # Train.class_weights computed from the t
 
 class ConfigError(ValueError):
     pass
-
-
-def _choice(*values):
-    return {"choices": values}
-
-
-def _min(lo):
-    return {"min": lo}
 
 
 @dataclass
@@ -123,60 +116,19 @@ class ExportSection:
 
 
 @dataclass
-class KernelOptionSection:
-    # paddle.inference CPU mode (pins engine paddle): mkldnn, paddle, or mkldnn_bf16 (opt-in bf16)
-    run_mode: str | None = field(default=None, metadata=_choice(None, *PINNED_RUN_MODES))
+class PredictSection(InferenceOptions):
+    """The bulk job's settings (and evaluation's engine keys); the inference keys are InferenceOptions'."""
 
-
-@dataclass
-class EngineConfigSection:
-    """PaddleX's engine_config (infer/engine_spec.py)."""
-
-    run_mode: str | None = field(default=None, metadata=_choice(None, *PINNED_RUN_MODES))
-    cpu_threads: int | None = field(default=None, metadata=_min(1))  # None: the actor's threads
-    precision: str | None = field(default=None, metadata=_choice(None, *PRECISIONS))  # None: fp32
-
-
-@dataclass
-class HpiConfigSection:
-    """PaddleX's hpi_config: a backend to pin, and its engine_config."""
-
-    backend: str | None = field(default=None, metadata=_choice(None, *ENGINES))
-    backend_config: EngineConfigSection = field(default_factory=EngineConfigSection)
-    auto_config: bool = True  # PaddleX's; picking is what an unset backend does here
-
-
-@dataclass
-class PredictSection:
     model_dir: str | None = None
     input: str | list[str] | None = None  # folders, globs, files, URL lists (.txt), s3:// prefixes, URLs
     output: str = "output/predict"  # local folder or s3:// prefix
     # images per forward pass (bulk job and evaluation); at most Ray.predict_batch_size, the images
     # an actor gets at a time
     batch_size: int = field(default=1, metadata=_min(1))
-    # None: the model folder's setting; -1: no resize; N: N x N; [w, h]
-    target_size: int | list[int] | None = None
     save_visualization: bool = False
     # a rerun skips every input the output already records; true runs those recorded as errors again
     retry_errors: bool = False
-    # slide mode (huge images): windows of slide_window pixels ([w, h] or N) of the resized input,
-    # every slide_stride pixels (null: 3/4 of the window); null: whole images
-    slide_window: int | list[int] | None = None
-    slide_stride: int | list[int] | None = None
-    max_image_pixels: int = field(default=40_000_000, metadata=_min(1))
     max_image_bytes: int = field(default=100_000_000, metadata=_min(1))
-    kernel_option: KernelOptionSection = field(default_factory=KernelOptionSection)
-    # PaddleX's engine keywords; unset: per input shape, the fastest installed engine whose masks
-    # equal Paddle's (infer/engine_choice.py)
-    engine: str | None = field(default=None, metadata=_choice(None, *PADDLEX_ENGINE_NAMES))
-    engine_config: EngineConfigSection = field(default_factory=EngineConfigSection)
-    use_hpip: bool = False
-    hpi_config: HpiConfigSection = field(default_factory=HpiConfigSection)
-
-    def engine_spec(self, cpu_threads=None):
-        """The EngineSpec these keys ask for (cpu_threads: the actor's, unless engine_config says)."""
-        return engine_spec(self.engine, dataclasses.asdict(self.engine_config), self.use_hpip, dataclasses.asdict(self.hpi_config),
-                           self.kernel_option.run_mode, default_cpu_threads=cpu_threads)
 
 
 @dataclass
@@ -201,25 +153,17 @@ class RaySection:
 
 
 @dataclass
-class ServeOptions:
-    """The Ray Serve app (raysegment/serve.py): `args` of configs/serve.yaml, or jobs/serve.py's
-    `-o key=value`. Not a model-config section: a PaddleX model YAML has no serving part."""
+class ServeOptions(InferenceOptions):
+    """The Ray Serve app (raysegment/serve/): `args` of configs/serve.yaml, or jobs/serve.py's
+    `-o key=value`; the inference keys are InferenceOptions'. Not a model-config section: a PaddleX
+    model YAML has no serving part."""
 
     model_dir: str | None = None  # exported inference folder or checkpoint
-    host: str = "127.0.0.1"  # jobs/serve.py only; in a Serve config file, http_options.host
+    # where jobs/serve.py and `raysegment --serve` listen (a Serve config file: http_options). This
+    # machine only unless set: PaddleX's `--serve` listens on 0.0.0.0:8080
+    host: str = "127.0.0.1"
     port: int = field(default=8000, metadata=_min(1))
     device: str | None = None  # None: gpu when the replica has one, else cpu
-    # the engine, as Predict.engine / engine_config say; run_mode: Paddle's CPU mode (pins engine paddle)
-    engine: str | None = field(default=None, metadata=_choice(None, *PADDLEX_ENGINE_NAMES))
-    engine_config: EngineConfigSection = field(default_factory=EngineConfigSection)
-    run_mode: str | None = field(default=None, metadata=_choice(None, *PINNED_RUN_MODES))
-    use_hpip: bool = False
-    hpi_config: HpiConfigSection = field(default_factory=HpiConfigSection)
-
-    def engine_spec(self, cpu_threads=None):
-        return engine_spec(self.engine, dataclasses.asdict(self.engine_config), self.use_hpip, dataclasses.asdict(self.hpi_config),
-                           run_mode=self.run_mode, default_cpu_threads=cpu_threads)
-
     # dynamic batching: a forward pass takes up to max_batch_size waiting requests; 1 turns it off
     max_batch_size: int = field(default=8, metadata=_min(1))
     batch_wait_timeout_s: float = field(default=0.01, metadata=_min(0.0))
@@ -232,9 +176,6 @@ class ServeOptions:
     cpus_per_replica: float | None = field(default=None, metadata=_min(0.0))  # null: the cluster's CPUs shared out (1 with autoscaling)
     gpus_per_replica: float | None = field(default=None, metadata=_min(0.0))  # null: 1 when device is gpu, else 0
     threads_per_replica: int | None = field(default=None, metadata=_min(1))  # null: its node's CPUs over the replicas there
-    target_size: int | list[int] | None = None  # a request's targetSize wins
-    slide_window: int | list[int] | None = None  # slide mode for huge images, as Predict.slide_window
-    slide_stride: int | list[int] | None = None
     # many models (Serve's model multiplexing): model id -> model folder, loaded on demand by each
     # replica, at most max_models_per_replica at once (least recently used dropped first); requests
     # pick one by the serve_multiplexed_model_id header, a "model" field or /models/<id>/...
@@ -242,27 +183,30 @@ class ServeOptions:
     max_models_per_replica: int = field(default=3, metadata=_min(1))
     visualize: bool = False  # whether answers carry the overlay when a request does not say
     max_body_bytes: int = field(default=20_000_000, metadata=_min(1))
-    max_image_pixels: int = field(default=40_000_000, metadata=_min(1))
     request_timeout_s: float = field(default=60.0, metadata=_min(0.0))  # jobs/serve.py; Serve's http_options
     # URL inputs: off unless enabled, and then only http(s) to these host names (or host:port)
     allow_url_inputs: bool = False
     url_allowlist: list[str] = field(default_factory=list)
 
+    def check(self, where):
+        super().check(where)
+        _one_thread_setting((f"{where}.threads_per_replica", self.threads_per_replica),
+                            (f"{where}.engine_config.cpu_threads", self.cpu_threads))
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(f"{where}.max_ongoing_requests ({self.max_ongoing_requests}) is below {where}.max_batch_size "
+                             f"({self.max_batch_size}): batches could never fill; raise it")
+
 
 @dataclass
-class SegModuleSection:
-    """A pipeline's SubModules.SemanticSegmentation, with PaddleX's keys."""
+class SegModuleSection(InferenceOptions):
+    """A pipeline's SubModules.SemanticSegmentation: PaddleX's keys, and the inference keys
+    (InferenceOptions'; an unset engine key is the pipeline's: create_pipeline's argument, then the
+    file's top level)."""
 
     module_name: str = field(default="semantic_segmentation", metadata=_choice("semantic_segmentation"))
     model_name: str = "PP-LiteSeg-T"
     model_dir: str | None = None  # null: PaddleX's official folder of model_name, downloaded into its cache
     batch_size: int = field(default=1, metadata=_min(1))  # images per forward pass
-    target_size: int | list[int] | None = None  # None: the model folder's; -1: no resize; N; [w, h]
-    # the engine keys, as create_model takes them; unset: the pipeline's (top-level keys, then arguments)
-    engine: str | None = field(default=None, metadata=_choice(None, *PADDLEX_ENGINE_NAMES))
-    engine_config: EngineConfigSection | None = None
-    use_hpip: bool | None = None
-    hpi_config: HpiConfigSection | None = None
 
 
 @dataclass
@@ -271,47 +215,55 @@ class SubModulesSection:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(EngineKeys):
     """PaddleX's pipeline YAML (paddlex/configs/pipelines/semantic_segmentation.yaml) as a schema:
-    its defaults are PaddleX's file; an unknown key is refused by name."""
+    its defaults are PaddleX's file; an unknown key is refused by name. The top-level engine keys
+    apply where the module and create_pipeline leave them unset."""
 
     pipeline_name: str = field(default="semantic_segmentation", metadata=_choice("semantic_segmentation"))
     SubModules: SubModulesSection = field(default_factory=SubModulesSection)
     device: str | None = None
-    engine: str | None = field(default=None, metadata=_choice(None, *PADDLEX_ENGINE_NAMES))
-    engine_config: EngineConfigSection | None = None
-    use_hpip: bool = False
-    hpi_config: HpiConfigSection | None = None
+
+
+def _one_thread_setting(*settings):
+    """A ValueError when more than one of these (key, value) threads settings is set."""
+    given = [key for key, value in settings if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} both set the threads of each process; set one")
 
 
 def parse_options(cls, raw, where, overrides=()):
     """A dict (e.g. a Serve config's `args`) plus `key=value` overrides -> dataclass `cls`, checked
-    as config sections are."""
+    as config sections are (and by its own `check(where)`, where it has one)."""
     raw = dict(raw or {})
     for item in overrides:
         _apply_override(raw, item, cls, where)
     options = _build(cls, raw, where)
-    if hasattr(options, "engine_spec"):
-        _check_engine(options, where)
-    if hasattr(options, "slide_window"):
-        _check_slide(options, where)
+    _checked(options.check, where) if hasattr(options, "check") else None
     return options
 
 
-def _check_slide(section, where):
-    from .infer.predictor import check_slide  # light: numpy and the model registry, not Paddle
-
+def inference_options(where="create_model", run_mode=None, cpu_threads=None, **keys):
+    """create_model's keywords -> InferenceOptions, checked as a config section is (an unknown
+    keyword is refused by name); run_mode= and cpu_threads= are shorthands for engine_config's."""
     try:
-        return check_slide(section.slide_window, section.slide_stride, (f"{where}.slide_window", f"{where}.slide_stride"))
+        keys["engine_config"] = with_shorthands(_plain(keys.get("engine_config")), run_mode=run_mode, cpu_threads=cpu_threads) or None
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return parse_options(InferenceOptions, keys, where)
+
+
+def _plain(section):
+    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
+
+
+def _checked(check, *args):
+    try:
+        check(*args)
+    except ConfigError:
+        raise
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-
-def _check_engine(section, where):
-    try:
-        section.engine_spec()
-    except ValueError as e:
-        raise ConfigError(f"{where} engine keys: {e}") from None
 
 
 @dataclass
@@ -372,11 +324,9 @@ def _check_model(cfg):
         raise ConfigError(f"Train.class_weights: expected null, {MEDIAN_FREQUENCY!r} or one non-negative weight per class, got {weights!r}")
     if cfg.Train.min_scale > cfg.Train.max_scale:
         raise ConfigError(f"Train.min_scale ({cfg.Train.min_scale}) is above Train.max_scale ({cfg.Train.max_scale})")
-    _check_engine(cfg.Predict, "Predict")
-    _check_slide(cfg.Predict, "Predict")
-    size = cfg.Predict.target_size
-    if isinstance(size, int) and size != -1 and size < 1 or isinstance(size, list) and (len(size) != 2 or min(size) < 1):
-        raise ConfigError(f"Predict.target_size: expected -1, a positive int or [width, height], got {size!r}")
+    _checked(cfg.Predict.check, "Predict")
+    _checked(_one_thread_setting, ("Ray.threads_per_actor", cfg.Ray.threads_per_actor),
+             ("Predict.engine_config.cpu_threads", cfg.Predict.cpu_threads))
 
 
 def _apply_override(raw, item, root=Config, where="config"):
@@ -394,11 +344,13 @@ def _apply_override(raw, item, root=Config, where="config"):
         hints = get_type_hints(typ)
         if part not in hints:
             raise ConfigError(_unknown(".".join(parts[:depth]) or where, part, hints))
-        typ = hints[part]
+        typ = _section_type(hints[part])
         if depth < len(parts) - 1:
             if not dataclasses.is_dataclass(typ):
                 raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section; cannot set {name}")
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or `null` in the YAML
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"{'.'.join(parts[: depth + 1])} must be a mapping")
     if dataclasses.is_dataclass(typ):
@@ -414,6 +366,12 @@ def _apply_override(raw, item, root=Config, where="config"):
             raise
         value = text  # a string field keeps the text as written, e.g. Global.output=2024
     node[parts[-1]] = value
+
+
+def _section_type(typ):
+    """A `Section | None` field is a section for overrides (e.g. Predict.engine_config.cpu_threads=2)."""
+    sections = [t for t in _members(typ) if dataclasses.is_dataclass(t)]
+    return sections[0] if len(sections) == 1 and len(_members(typ)) == 2 and type(None) in _members(typ) else typ
 
 
 def _unknown(where, key, hints):
@@ -467,6 +425,9 @@ def _coerce(value, typ, name):
     if len(members) > 1:
         if value is None and type(None) in members:
             return None
+        given = [m for m in members if m is not type(None)]
+        if len(given) == 1:  # `X | None` and a value: X's own error names what is wrong
+            return _coerce(value, given[0], name)
         for member in members:
             if member is type(None):
                 continue

@@ -14,10 +14,8 @@ import os
 import sys
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 
-from .storage import file_lock
+from . import storage
 
 BASE_URL = "https://paddle-model-ecology.bj.bcebos.com/paddlex/official_inference_model/paddle3.0.0"
 BASE_URL_ENV = "RAYSEGMENT_MODEL_BASE_URL"
@@ -42,16 +40,16 @@ def official_model_url(model_name):
     return f"{(os.environ.get(BASE_URL_ENV) or BASE_URL).rstrip('/')}/{model_name}_infer.tar"
 
 
-def fetch_official_model(model_name):
+def fetch_official_model(model_name, check=None):
     """The official inference folder of `model_name`: the cached one, else downloaded and unpacked
-    into the cache. One process per machine downloads; the others wait and use its folder."""
-    from .infer.model_files import ModelFolderError, read_model_folder
-
+    into the cache. One process per machine downloads; the others wait and use its folder.
+    check(folder): raises a ValueError when an unpacked folder is no model folder (infer's
+    read_model_folder); such a download is refused and the cache left as it was."""
     target = official_model_dir(model_name)
     if os.path.isdir(target):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    with file_lock(target + ".lock"):
+    with storage.file_lock(target + ".lock"):
         if os.path.isdir(target):
             return target
         url = official_model_url(model_name)
@@ -60,8 +58,8 @@ def fetch_official_model(model_name):
             download(url, archive, what=f"{model_name} (official inference model)")
             folder = _unpack(archive, os.path.join(tmp, "unpacked"), url)
             try:
-                read_model_folder(folder)
-            except ModelFolderError as e:
+                check and check(folder)
+            except ValueError as e:
                 raise DownloadError(f"{url} does not hold a usable inference folder: {e}") from None
             os.replace(folder, target)
     return target
@@ -74,7 +72,7 @@ def fetch_file(url):
     if os.path.isfile(target):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    with file_lock(target + ".lock"):
+    with storage.file_lock(target + ".lock"):
         if not os.path.isfile(target):
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{name}-")
             os.close(fd)
@@ -94,24 +92,22 @@ def download(url, path, what=None):
 
     hint = f"set {BASE_URL_ENV} to a mirror, or put the files in place by hand"
     try:
-        resp = urllib.request.urlopen(url, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        raise DownloadError(f"GET {url} answered HTTP {e.code} {e.reason}"
-                            + ("; no such file there: check the model name or the base URL" if e.code == 404 else "")) from None
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
-        raise DownloadError(f"cannot reach {url} ({getattr(e, 'reason', e)}); offline? {hint}") from None
-    with resp:
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        got = 0
-        with open(path, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=what or os.path.basename(url),
-                                         file=sys.stderr, disable=None, leave=False) as bar:
-            try:
-                while chunk := resp.read(CHUNK):
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-            except (OSError, ValueError) as e:  # reset connection, timeout, http.client.IncompleteRead
-                raise DownloadError(f"the download of {url} broke off after {got} bytes ({e}); run again") from None
+        with storage.open_url(url, timeout=TIMEOUT_S) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            got = 0
+            with open(path, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=what or os.path.basename(url),
+                                             file=sys.stderr, disable=None, leave=False) as bar:
+                try:
+                    while chunk := resp.read(CHUNK):
+                        f.write(chunk)
+                        got += len(chunk)
+                        bar.update(len(chunk))
+                except (OSError, ValueError) as e:  # reset connection, timeout, http.client.IncompleteRead
+                    raise DownloadError(f"the download of {url} broke off after {got} bytes ({e}); run again") from None
+    except storage.HTTPStatusError as e:
+        raise DownloadError(f"{e}" + ("; no such file there: check the model name or the base URL" if e.code == 404 else "")) from None
+    except storage.Unreachable as e:
+        raise DownloadError(f"cannot reach {url} ({e.reason}); offline? {hint}") from None
     if total is not None and got != total:
         raise DownloadError(f"the download of {url} broke off after {got} of {total} bytes; run again")
 

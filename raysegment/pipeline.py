@@ -11,12 +11,12 @@ unchanged. Engine keys are taken from the module first, then create_pipeline's a
 the file's top level.
 """
 
-import dataclasses
 import os
 
 import yaml
 
 from .config import ConfigError, PipelineConfig, parse_options
+from .infer.options import EngineKeys
 
 PIPELINE_NAMES = ("semantic_segmentation",)
 PADDLEX_MODULE_KEYS = ("module_name", "model_name", "model_dir", "batch_size", "target_size")  # what PaddleX's file holds
@@ -61,33 +61,22 @@ def load_pipeline_config(pipeline=None, config=None):
     return parse_options(PipelineConfig, config, "pipeline")
 
 
-def _first(*values):
-    return next((v for v in values if v is not None), None)
-
-
-def _plain(section):
-    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
-
-
-def engine_keys(config, engine=None, engine_config=None, use_hpip=None, hpi_config=None):
-    """create_model's engine keywords for a pipeline: the module's key, else the argument, else
-    the file's top-level key."""
-    m = config.SubModules.SemanticSegmentation
-    return {"engine": _first(m.engine, engine, config.engine),
-            "engine_config": _plain(_first(m.engine_config, engine_config, config.engine_config)),
-            "use_hpip": bool(_first(m.use_hpip, use_hpip, config.use_hpip)),
-            "hpi_config": _plain(_first(m.hpi_config, hpi_config, config.hpi_config))}
+def module_options(config, engine=None, engine_config=None, use_hpip=None, hpi_config=None):
+    """The module's InferenceOptions, each unset engine key taken from create_pipeline's arguments
+    (checked here by name), then from the file's top level."""
+    given = parse_options(EngineKeys, {"engine": engine, "engine_config": engine_config, "use_hpip": use_hpip,
+                                       "hpi_config": hpi_config}, "create_pipeline")
+    return config.SubModules.SemanticSegmentation.over(given, config)
 
 
 class SemanticSegmentationPipeline:
     def __init__(self, config, device=None, engine=None, engine_config=None, use_hpip=None, hpi_config=None):
-        from . import create_model
+        from .infer.model import SegModel
 
         self.config = config
-        m = config.SubModules.SemanticSegmentation
-        self.batch_size = m.batch_size
-        self.model = create_model(m.model_name, m.model_dir, _first(device, config.device), m.target_size,
-                                  **engine_keys(config, engine, engine_config, use_hpip, hpi_config))
+        options = module_options(config, engine, engine_config, use_hpip, hpi_config)
+        self.batch_size = options.batch_size
+        self.model = SegModel.create(options.model_name, options.model_dir, device or config.device, options)
 
     def predict(self, input, target_size=None, **kwargs):
         """Yield a SegResult per image (per PDF page), as create_model(...).predict does, in the

@@ -139,18 +139,46 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def read_url(url, max_bytes=None, follow_redirects=True, timeout=HTTP_TIMEOUT_S):
     """GET `url`; without `follow_redirects` a 3xx answer is an error (a checked host cannot hand
     the request on to an unchecked one)."""
-    opener = urllib.request.build_opener(*([] if follow_redirects else [_NoRedirect]))
-    try:
-        with opener.open(url, timeout=timeout) as resp:
+    with open_url(url, follow_redirects, timeout) as resp:
+        try:
             data = resp.read(max_bytes + 1 if max_bytes else -1)
-    except urllib.error.HTTPError as e:
-        raise StorageError(f"GET {url} answered HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise StorageError(f"cannot fetch {url}: {reason}") from None
+        except (TimeoutError, OSError, ValueError) as e:  # reset, timeout, http.client.IncompleteRead
+            raise StorageError(f"cannot fetch {url}: {e}") from None
     if max_bytes and len(data) > max_bytes:
         raise StorageError(f"{url} is larger than the {max_bytes}-byte limit")
     return data
+
+
+class HTTPStatusError(StorageError):
+    """The server answered with an error status (`code`)."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+class Unreachable(StorageError):
+    """No answer: a refused connection, an unknown host, a timeout."""
+
+    def __init__(self, message, reason):
+        super().__init__(message)
+        self.reason = reason
+
+
+@contextlib.contextmanager
+def open_url(url, follow_redirects=True, timeout=HTTP_TIMEOUT_S):
+    """The response to GET `url`, open to read or stream from: the one HTTP client (urllib) of
+    raysegment. HTTPStatusError or Unreachable, naming the URL, when there is nothing to read."""
+    opener = urllib.request.build_opener(*([] if follow_redirects else [_NoRedirect]))
+    try:
+        resp = opener.open(url, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        raise HTTPStatusError(f"GET {url} answered HTTP {e.code} {e.reason}", e.code) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise Unreachable(f"cannot fetch {url}: {reason}", reason) from None
+    with resp:
+        yield resp
 
 
 def _read_s3(uri):

@@ -117,7 +117,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 def test_engine_keys_are_checked_by_name():
     cfg = load_config(None, ["Predict.engine=hpi", "Predict.use_hpip=true", "Predict.hpi_config.backend=openvino",
                              "Predict.hpi_config.backend_config.precision=bf16"])
-    spec = cfg.Predict.engine_spec(cpu_threads=2)
+    spec = cfg.Predict.engine_spec(threads=2)
     assert (spec.engine, spec.precision, spec.cpu_threads) == ("openvino", "bf16", 2)
     for override, match in [("Predict.engine=tensorrt", "Predict.engine: 'tensorrt' is not one of"),
                             ("Predict.engine_config.trt_fp16=true", "engine_config.*trt_fp16"),

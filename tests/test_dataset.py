@@ -13,7 +13,8 @@ from PIL import Image
 from conftest import jpeg_bytes, make_dataset, png_bytes, random_image, write_label
 from raysegment import storage
 from raysegment.config import load_config
-from raysegment.data.check import check_dataset, check_from_config
+from raysegment.batch import pair_checker
+from raysegment.data.check import check_dataset, check_from_config, check_locally
 from raysegment.data.convert import VOC_CLASSES, convert_labelme, convert_voc, rasterize_labelme
 from raysegment.data.dataset import decode_label, read_class_names
 from raysegment.data.split import split_dataset
@@ -101,7 +102,7 @@ def assert_problems(result):
 
 
 def test_broken_dataset_lists_every_problem_by_file_and_line(tmp_path):
-    assert_problems(check_dataset(str(broken_dataset(tmp_path / "ds")), str(tmp_path / "out"), use_ray=False))
+    assert_problems(check_dataset(str(broken_dataset(tmp_path / "ds")), str(tmp_path / "out")))
 
 
 def test_empty_split_is_a_problem(tmp_path):
@@ -114,10 +115,11 @@ def test_empty_split_is_a_problem(tmp_path):
 
 def test_ray_path_finds_the_same(tmp_path, ray_local):
     root = broken_dataset(tmp_path / "ds")
-    assert_problems(check_dataset(str(root), str(tmp_path / "out"), use_ray=True))
+    on_ray = pair_checker(load_config(None, ["Ray.predict_batch_size=2"]), min_samples=0)  # 2 pairs a task: several tasks
+    assert_problems(check_dataset(str(root), str(tmp_path / "out"), on_ray))
     clean = make_dataset(tmp_path / "clean")
-    local = check_dataset(str(clean), str(tmp_path / "o1"), use_ray=False)
-    remote = check_dataset(str(clean), str(tmp_path / "o2"), use_ray=True)
+    local = check_dataset(str(clean), str(tmp_path / "o1"))
+    remote = check_dataset(str(clean), str(tmp_path / "o2"), on_ray)
     assert local["analysis"] == remote["analysis"] and local["attributes"] == remote["attributes"]
 
 
@@ -132,8 +134,8 @@ def test_dataset_on_s3_checks_like_local(tmp_path, s3_bucket, ray_local):
     clean = make_dataset(tmp_path / "ds")
     uri = upload(clean, s3_bucket, "camvid-like")
     local = check_dataset(str(clean), str(tmp_path / "local"))
-    for use_ray in (False, True):
-        remote = check_dataset(uri, str(tmp_path / f"s3-{use_ray}"), use_ray=use_ray)
+    for where, check_pairs in (("local", check_locally), ("ray", pair_checker(load_config(None, []), min_samples=0))):
+        remote = check_dataset(uri, str(tmp_path / f"s3-{where}"), check_pairs)
         assert remote["check_pass"] and remote["analysis"] == local["analysis"]
         assert remote["attributes"]["class_names"] == ["c0", "c1", "c2"]
     broken = upload(broken_dataset(tmp_path / "bad"), s3_bucket, "broken")

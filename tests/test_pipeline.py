@@ -12,7 +12,7 @@ import yaml
 import raysegment
 from conftest import jpeg_bytes, pdf_bytes, random_image
 from raysegment.config import ConfigError
-from raysegment.pipeline import engine_keys, load_pipeline_config
+from raysegment.pipeline import load_pipeline_config, module_options
 from test_serve import PADDLEX_PIPELINE_FILE
 
 RAYSEGMENT = os.path.join(os.path.dirname(sys.executable), "raysegment")
@@ -35,6 +35,7 @@ def inputs(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_a_paddlex_pipeline_file_predicts_as_create_model(pipeline_file, inference_dir, inputs):
     pipeline = raysegment.create_pipeline(pipeline=str(pipeline_file))
     model = raysegment.create_model(model_dir=inference_dir)
@@ -60,8 +61,8 @@ def test_the_module_keys_do_what_they_say(tmp_path, inference_dir):
     (res,) = pipeline.predict(random_image(64, 64))
     assert res["pred"].shape == (1, 64, 64)  # predicted at 32x32, mapped back to the image
     cfg = load_pipeline_config(config={**raw, "SubModules": {"SemanticSegmentation": {"model_dir": inference_dir}}})
-    assert engine_keys(cfg, engine="openvino")["engine"] == "openvino"  # the argument, over the file's top level
-    assert engine_keys(cfg)["engine"] == "onnxruntime"
+    assert module_options(cfg, engine="openvino").engine == "openvino"  # the argument, over the file's top level
+    assert module_options(cfg).engine == "onnxruntime"
 
 
 @pytest.mark.parametrize("change, words", [
@@ -86,6 +87,7 @@ def run_cli(*args, cwd=None):
     return subprocess.run([RAYSEGMENT, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_writes_the_pipeline_config_then_predicts_with_it(tmp_path, inference_dir, inputs):
     done = run_cli("--get_pipeline_config", "semantic_segmentation", "--save_path", str(tmp_path / "cfg"))
     assert done.returncode == 0, done.stderr

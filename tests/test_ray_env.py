@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from raysegment.config import ServeOptions, load_config, parse_options
+from raysegment.config import ConfigError, ServeOptions, load_config, parse_options
 from raysegment.ray_env import Cluster, parse_device, predict_actors, serve_replicas, train_workers, tune_trials
 
 
@@ -24,11 +24,13 @@ GPU_NODES = Cluster(((16.0, 4.0), (16.0, 4.0)))
     (TWO_CPUS, ["Ray.predict_concurrency=1"], (1, 2.0, 0.0, 2, "cpu")),
     (LAPTOP, ["Ray.predict_concurrency=3"], (3, 2.65, 0.0, 2, "cpu")),  # 8/3 in steps of 1/20
     (TWO_CPUS, ["Ray.predict_concurrency=3", "Ray.cpus_per_actor=0.5", "Ray.threads_per_actor=4"], (3, 0.5, 0.0, 4, "cpu")),  # set values win
+    (TWO_CPUS, ["Predict.engine_config.cpu_threads=3"], (2, 1.0, 0.0, 3, "cpu")),  # PaddleX's key sizes the threads too
     # GPUs: one actor per GPU reserving one CPU, threads from the CPUs of its node
     (GPU_NODES, ["Global.device=gpu"], (8, 1.0, 1.0, 4, "gpu")),
     (GPU_NODES, ["Global.device=gpu:0,1", "Ray.gpus_per_actor=0.5"], (2, 1.0, 0.5, 16, "gpu")),  # a GPU list is the actor count
 ])
 def test_predict_actors_are_sized_to_the_cluster(cluster, overrides, expected):
+    """Placement.threads is the one number every engine of the job computes with."""
     p = predict_actors(load_config(None, overrides), cluster)
     assert (p.count, p.cpus, p.gpus, p.threads, p.device) == expected
     assert p.ray_options == {"num_cpus": expected[1], "num_gpus": expected[2]}
@@ -117,3 +119,12 @@ def test_light_modules_do_not_import_paddle():
             "raysegment.data.check, raysegment.infer.result; print('paddle' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_two_thread_settings_for_one_process_are_refused():
+    with pytest.raises(ConfigError, match="Ray.threads_per_actor and Predict.engine_config.cpu_threads both set"):
+        load_config(None, ["Ray.threads_per_actor=1", "Predict.engine_config.cpu_threads=2"])
+    with pytest.raises(ConfigError, match="args.threads_per_replica and args.engine_config.cpu_threads both set"):
+        parse_options(ServeOptions, {"threads_per_replica": 1, "use_hpip": True, "hpi_config": {"backend_config": {"cpu_threads": 2}}}, "args")
+    opts = parse_options(ServeOptions, {"engine_config": {"cpu_threads": 2}}, "args")
+    assert serve_replicas(opts, TWO_CPUS).threads == 2

@@ -10,7 +10,7 @@ import raysegment
 from conftest import random_image
 from raysegment.config import ConfigError, load_config
 from raysegment.data.transforms import window_spans
-from raysegment.infer.predictor import check_slide
+from raysegment.infer.options import check_slide
 
 BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "raysegment", "data", "models", "PP-LiteSeg-T_camvid")
 SAMPLE = os.path.join(os.path.dirname(BUNDLED), "..", "samples", "0016E5_07959.jpg")
@@ -57,6 +57,7 @@ def mosaic():
     return np.tile(tile, (2, 3, 1)), np.tile(res["pred"][0], (2, 3))
 
 
+@pytest.mark.slow
 def test_windows_on_the_tiles_assemble_the_known_mask_exactly(mosaic):
     big, truth = mosaic
     model = raysegment.create_model(model_dir=BUNDLED, target_size=-1, slide_window=(320, 256), slide_stride=(320, 256))
@@ -65,6 +66,7 @@ def test_windows_on_the_tiles_assemble_the_known_mask_exactly(mosaic):
     np.testing.assert_array_equal(res["pred"][0], truth)
 
 
+@pytest.mark.slow
 def test_overlapping_windows_are_at_least_as_good_at_the_seams(mosaic):
     """Windows that do not line up with the tiles: with overlap, each pixel comes from the window
     that sees it from furthest inside, and more of the known mask is right than without."""

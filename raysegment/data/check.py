@@ -4,8 +4,9 @@ OUTPUT/check_dataset_result.json, OUTPUT/check_dataset/histogram.png and sample 
 Every pair is read and decoded: the image and label exist and decode, their sizes match, the
 label is single-channel, and its values are classes (below len(labels.txt) when there is one) or
 255 (ignore). Every problem is listed with its list file and line. Only a 256-bin histogram per
-split is kept, so memory stays flat in the dataset's size. Large datasets are checked by Ray Data
-tasks in parallel (`use_ray`; by default from RAY_MIN_SAMPLES pairs up).
+split is kept, so memory stays flat in the dataset's size. `check_pairs` says where the pairs are
+checked: in this process by default, or in Ray Data tasks (raysegment.batch.pair_checker, which the
+check_dataset mode uses from RAY_MIN_SAMPLES pairs up).
 """
 
 import json
@@ -19,7 +20,6 @@ from .labels import IGNORE_INDEX, LabelError, default_class_names
 from .image import ImageError, encode_image
 from .visualize import draw_histogram, overlay
 
-RAY_MIN_SAMPLES = 2000  # below this, one local loop is quicker than starting Ray tasks
 NUM_DEMO = 10  # overlays saved per split
 
 
@@ -47,8 +47,8 @@ def check_sample(sample, num_classes=None):
     return [], hist
 
 
-def _check_batch(batch, num_classes):
-    """Ray Data task: rows of Sample fields -> the same rows plus problems (JSON) and histogram."""
+def check_batch(batch, num_classes):
+    """Rows of Sample fields (a Ray Data batch) -> the same rows plus problems (JSON) and histogram."""
     problems, hists = [], []
     for image, label, list_file, line in zip(batch["image"], batch["label"], batch["list_file"], batch["line"]):
         found, hist = check_sample(Sample(str(image), str(label), str(list_file), int(line)), num_classes)
@@ -57,57 +57,32 @@ def _check_batch(batch, num_classes):
     return {**batch, "problems": np.array(problems, dtype=object), "hist": np.stack(hists)}
 
 
-def _check_local(samples, num_classes):
+def checked_rows(batch):
+    """check_batch's rows -> (Sample, problems, histogram) each."""
+    for image, label, list_file, line, problems, hist in zip(
+        batch["image"], batch["label"], batch["list_file"], batch["line"], batch["problems"], batch["hist"]
+    ):
+        yield Sample(str(image), str(label), str(list_file), int(line)), [Problem(**p) for p in json.loads(problems)], hist
+
+
+def check_locally(samples, num_classes):
+    """(Sample, problems, histogram) of each pair, checked in this process."""
     for sample in samples:
         yield (sample, *check_sample(sample, num_classes))
 
 
-def _check_with_ray(samples, num_classes, address=None):
-    import ray
-
-    from ..ray_env import init_ray
-
-    init_ray(address)
-    rows = [{"image": s.image, "label": s.label, "list_file": s.list_file, "line": s.line} for s in samples]
-    ds = ray.data.from_items(rows).map_batches(_check_batch, fn_kwargs={"num_classes": num_classes}, batch_size=16, batch_format="numpy")
-    # Ray Data does not keep row order, so each row carries its own sample.
-    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
-        for image, label, list_file, line, problems, hist in zip(
-            batch["image"], batch["label"], batch["list_file"], batch["line"], batch["problems"], batch["hist"]
-        ):
-            yield Sample(str(image), str(label), str(list_file), int(line)), [Problem(**p) for p in json.loads(problems)], hist
-
-
-def check_dataset(dataset_dir, output, use_ray=None, ray_address=None, num_demo=NUM_DEMO):
-    """Check every pair of train.txt and val.txt; write the result files and return the result dict."""
+def check_dataset(dataset_dir, output, check_pairs=check_locally, num_demo=NUM_DEMO):
+    """Check every pair of train.txt and val.txt; write the result files and return the result dict.
+    check_pairs(samples, num_classes) yields (Sample, problems, histogram) per pair, in any order."""
     if not dataset_dir:
         raise ValueError("no dataset given: set Global.dataset_dir to a SegDataset folder or s3:// prefix")
     if not storage.is_s3(dataset_dir) and not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"dataset folder {dataset_dir!r} does not exist; set Global.dataset_dir")
     class_names = read_class_names(dataset_dir)
     num_classes = len(class_names) if class_names else None
-    problems, samples = [], {}
-    for split in SPLITS:
-        samples[split] = []
-        for item in iter_split(dataset_dir, split):
-            (problems if isinstance(item, Problem) else samples[split]).append(item)
-    everything = samples["train"] + samples["val"]
-    if use_ray is None:
-        use_ray = len(everything) >= RAY_MIN_SAMPLES
-    checks = _check_with_ray(everything, num_classes, ray_address) if use_ray else _check_local(everything, num_classes)
-
-    hists = {split: np.zeros(256, np.int64) for split in SPLITS}
-    good = {split: [] for split in SPLITS}
-    for sample, found, hist in checks:
-        split = sample.list_file[: -len(".txt")]
-        hists[split] += hist
-        problems += found
-        if not found:
-            good[split] = sorted(good[split] + [sample], key=lambda s: s.line)[:num_demo]
-    for split in SPLITS:
-        if not samples[split] and not any(p.file == f"{split}.txt" and p.line is None for p in problems):
-            problems.append(Problem(f"{split}.txt", None, "the split is empty; list pairs in it or enable CheckDataset.split"))
-    problems.sort(key=lambda p: (p.file, p.line or 0))  # Ray returns rows in any order
+    samples, problems = _listed_pairs(dataset_dir)
+    hists, good, found = _tally(check_pairs(samples["train"] + samples["val"], num_classes), num_demo)
+    problems = sorted(problems + found, key=lambda p: (p.file, p.line or 0))  # Ray returns rows in any order
 
     labelled = np.flatnonzero(sum(hists.values())[:IGNORE_INDEX])
     if num_classes is None:
@@ -140,6 +115,30 @@ def check_dataset(dataset_dir, output, use_ray=None, ray_address=None, num_demo=
     return result
 
 
+def _listed_pairs(dataset_dir):
+    """({split: [Sample]}, [Problem]) of the list files: lines that name no usable pair, and empty splits."""
+    samples, problems = {split: [] for split in SPLITS}, []
+    for split in SPLITS:
+        for item in iter_split(dataset_dir, split):
+            (problems if isinstance(item, Problem) else samples[split]).append(item)
+        if not samples[split] and not any(p.file == f"{split}.txt" and p.line is None for p in problems):
+            problems.append(Problem(f"{split}.txt", None, "the split is empty; list pairs in it or enable CheckDataset.split"))
+    return samples, problems
+
+
+def _tally(checks, num_demo):
+    """(label histogram per split, the first `num_demo` good pairs per split, problems) of check_pairs' answers."""
+    hists = {split: np.zeros(256, np.int64) for split in SPLITS}
+    good, problems = {split: [] for split in SPLITS}, []
+    for sample, found, hist in checks:
+        split = sample.list_file[: -len(".txt")]
+        hists[split] += hist
+        problems += found
+        if not found:
+            good[split] = sorted(good[split] + [sample], key=lambda s: s.line)[:num_demo]
+    return hists, good, problems
+
+
 def _save_overlay(sample, demo_dir, output, split):
     rgb, label = read_pair(sample.image, sample.label)
     stem = os.path.splitext(os.path.basename(sample.image))[0]
@@ -148,7 +147,7 @@ def _save_overlay(sample, demo_dir, output, split):
     return os.path.relpath(path, output)
 
 
-def check_from_config(cfg):
+def check_from_config(cfg, check_pairs=check_locally):
     """Global.mode=check_dataset: convert and split when asked, then check; returns the result."""
     from .convert import convert_dataset
     from .split import split_dataset
@@ -165,7 +164,7 @@ def check_from_config(cfg):
     if cd.split.enable:
         n_train, n_val = split_dataset(root, cd.split.train_percent, cd.split.val_percent, cd.split.seed)
         steps["split"] = {"train_samples": n_train, "val_samples": n_val, "backups": ["train.txt.bak", "val.txt.bak"]}
-    result = check_dataset(root, cfg.Global.output, ray_address=cfg.Ray.address)
+    result = check_dataset(root, cfg.Global.output, check_pairs)
     if steps:
         result.update(steps)
         storage.write_bytes(os.path.join(cfg.Global.output, "check_dataset_result.json"), json.dumps(result, indent=2, ensure_ascii=False).encode())

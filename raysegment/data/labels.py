@@ -12,9 +12,21 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .visualize import PALETTE
-
 IGNORE_INDEX = 255  # label value of unlabelled pixels (PaddleSeg's convention)
+
+
+def color_map(n=256):
+    """(n, 3) uint8 RGB palette, PaddleX's choice: the PASCAL VOC bit pattern, shifted so class 0
+    gets VOC colour 1 (dark red) rather than black."""
+    ids = np.arange(1, n + 1)
+    cmap = np.zeros((n, 3), np.uint8)
+    for bit in range(8):
+        for channel in range(3):
+            cmap[:, channel] |= (((ids >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
+    return cmap
+
+
+PALETTE = color_map()
 
 
 class LabelError(ValueError):

@@ -1,21 +1,9 @@
-"""Pictures of label maps with OpenCV: PaddleX's colours, overlays, and a class histogram."""
+"""Pictures of label maps with OpenCV: coloured maps (PaddleX's palette, labels.PALETTE), overlays, and a class histogram."""
 
 import cv2
 import numpy as np
 
-
-def color_map(n=256):
-    """(n, 3) uint8 RGB palette, PaddleX's choice: the PASCAL VOC bit pattern, shifted so class 0
-    gets VOC colour 1 (dark red) rather than black."""
-    ids = np.arange(1, n + 1)
-    cmap = np.zeros((n, 3), np.uint8)
-    for bit in range(8):
-        for channel in range(3):
-            cmap[:, channel] |= (((ids >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
-    return cmap
-
-
-PALETTE = color_map()
+from .labels import IGNORE_INDEX, PALETTE
 
 
 def colorize(label_map):
@@ -24,7 +12,7 @@ def colorize(label_map):
     return PALETTE[label_map if label_map.dtype == np.uint8 else label_map % 256]
 
 
-def overlay(rgb, label_map, ignore_index=255, alpha=0.5):
+def overlay(rgb, label_map, ignore_index=IGNORE_INDEX, alpha=0.5):
     """Blend the colour mask over the image; ignored pixels show the image alone."""
     blended = cv2.addWeighted(rgb, 1 - alpha, colorize(label_map), alpha, 0)
     keep = label_map == ignore_index

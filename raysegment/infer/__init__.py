@@ -9,8 +9,9 @@ import importlib
 _HOMES = {
     "Predictor": "predictor", "load_predictor": "predictor",
     "SegResult": "result", "decode_mask": "result",
-    "ModelFolderError": "model_files",
-    "export_model": "export", "export_checkpoint": "export", "save_checkpoint": "export", "load_checkpoint": "export",
+    "ModelFolderError": "model_files", "read_model_folder": "model_files", "DEFAULT_TRANSFORMS": "model_files",
+    "InferenceOptions": "options",
+    "export_model": "export", "export_checkpoint": "export", "save_checkpoint": "export", "load_checkpoint": "export", "folder_weights": "export",
 }
 
 

@@ -11,6 +11,7 @@ import paddle
 
 from ..data.labels import default_class_names
 from ..models import WeightsError, build_canonical, build_model, load_weights, save_weights
+from ..models.weights import read_state_dict
 from .model_files import CHECKPOINT_PARAMS, ModelInfo, read_model_folder, write_inference_yml
 
 GENERATED = "generated_tensor_"  # Paddle's name for tensors made with paddle.to_tensor
@@ -97,6 +98,18 @@ def exported_layer(info):
         own[keys[name]].set_value(value)
     layer.eval()
     return layer, sorted(set(own) - {keys[name] for name in weights})
+
+
+def folder_weights(folder):
+    """(state_dict as numpy arrays, the keys the folder does not hold) of a checkpoint folder or an
+    exported inference folder. An export traces only what prediction runs, so the layers only
+    training uses (PP-LiteSeg's auxiliary heads) are missing: they hold a fresh build's values, and
+    are listed for the caller to fill."""
+    info = read_model_folder(folder)
+    if not info.graph_file:
+        return read_state_dict(info.params_file), []
+    layer, kept = exported_layer(info)
+    return {key: value.numpy() for key, value in layer.state_dict().items()}, kept
 
 
 def _counter(name):

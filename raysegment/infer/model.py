@@ -1,24 +1,31 @@
 """What `raysegment.create_model` returns: PaddleX's predictor interface over our Predictor."""
 
 from ..data.sources import iter_inputs, load_pages
-from .engine_spec import engine_spec
-from .predictor import check_slide, check_target_size, load_predictor
+from ..models import check_model_name
+from .model_files import read_model_folder
+from .options import MAX_IMAGE_PIXELS, InferenceOptions, check_target_size
+from .predictor import Predictor
 from .result import SegResult
-
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # same default as Predict.max_image_pixels
 
 
 class SegModel:
-    def __init__(self, predictor, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(self, predictor, max_image_pixels=MAX_IMAGE_PIXELS):
         self.predictor = predictor
         self.max_image_pixels = max_image_pixels
 
     @classmethod
-    def create(cls, model_name, model_dir, device, target_size, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
-               engine=None, engine_config=None, use_hpip=False, hpi_config=None, slide_window=None, slide_stride=None, **kw):
-        spec = engine_spec(engine, engine_config, use_hpip, hpi_config, kw.pop("run_mode", None), kw.pop("cpu_threads", None))
-        slide = check_slide(slide_window, slide_stride)
-        return cls(load_predictor(model_name, model_dir, device, target_size, engine=spec, slide=slide, **kw), max_image_pixels)
+    def create(cls, model_name=None, model_dir=None, device=None, options=None, num_classes=None):
+        """A model from `model_dir`, or PaddleX's official folder of `model_name` (from PaddleX's
+        cache, downloaded there when missing: raysegment/downloads.py); options: InferenceOptions."""
+        options = options or InferenceOptions()
+        if model_dir is None:
+            if model_name is None:
+                raise ValueError("pass a model_name or a model_dir")
+            from ..downloads import fetch_official_model
+
+            model_dir = fetch_official_model(check_model_name(model_name), check=read_model_folder)
+        return cls(Predictor.load(model_dir, options, device, model_name=model_name, num_classes=num_classes),
+                   options.max_image_pixels)
 
     @property
     def model_name(self):
@@ -50,4 +57,3 @@ class SegModel:
         masks = self.predictor.predict([img for _, _, img in batch], target_size)
         for (uri, page_index, img), mask in zip(batch, masks):
             yield SegResult(uri, img, mask[None], self.predictor.class_names, page_index)
-

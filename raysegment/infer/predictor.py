@@ -10,47 +10,13 @@ import numpy as np
 
 from ..data import transforms as T
 from ..models import build_model, check_model_name, load_weights
-from .engine_choice import open_engine
-from .engine_spec import EngineSpec
-from .engines import LayerEngine, resolve_device
+from .engines.choice import open_engine
+from .engines.paddle import LayerEngine, resolve_device
 from .model_files import ModelFolderError, ModelInfo, read_model_folder
+from .options import InferenceOptions, check_target_size
 
 # PaddleX's Resize defaults when a target size is asked for and the folder has no Resize transform.
 RESIZE_DEFAULTS = {"keep_ratio": True, "size_divisor": 32, "interp": "LINEAR"}
-
-
-def check_target_size(size, name="target_size"):
-    ok = (
-        size is None
-        or (isinstance(size, int) and not isinstance(size, bool) and (size == -1 or size > 0))
-        or (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size))
-    )
-    if not ok:
-        raise ValueError(f"{name} must be None, -1, a positive int or (width, height), got {size!r}")
-    return tuple(size) if isinstance(size, list) else size
-
-
-def check_slide(window, stride=None, names=("slide_window", "slide_stride")):
-    """(window, stride) as ((w, h), (w, h)), or None when `window` is None. An int N means (N, N);
-    stride None: three quarters of the window (a quarter of overlap)."""
-    if window is None:
-        if stride is not None:
-            raise ValueError(f"{names[1]} is set but {names[0]} is not; set {names[0]} to slide")
-        return None
-
-    def pair(value, name):
-        value = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-        if not (isinstance(value, (list, tuple)) and len(value) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-            raise ValueError(f"{name} must be a positive int or (width, height), got {value!r}")
-        return tuple(value)
-
-    window = pair(window, names[0])
-    stride = pair(stride, names[1]) if stride is not None else tuple(max(w * 3 // 4, 1) for w in window)
-    if any(s > w for s, w in zip(stride, window)):
-        raise ValueError(f"{names[1]} {stride} is larger than {names[0]} {window}: pixels between windows would "
-                         "never be predicted; use a stride at most the window")
-    return window, stride
 
 
 class Predictor:
@@ -64,10 +30,13 @@ class Predictor:
         self._folder_size = resize.get("target_size", -1)
 
     @classmethod
-    def load(cls, model_dir, model_name=None, device=None, target_size=None, num_classes=None, engine=None, slide=None):
-        """From an exported inference folder (the engine `engine`, an EngineSpec, asks for; by default
-        the fastest that gives Paddle's masks) or a checkpoint folder (dygraph)."""
-        spec = engine or EngineSpec()
+    def load(cls, model_dir, options=None, device=None, threads=None, model_name=None, num_classes=None):
+        """From an exported inference folder (on the engine `options` ask for; by default the fastest
+        that gives Paddle's masks) or a checkpoint folder (dygraph). options: InferenceOptions (None:
+        the defaults); threads: what the process computes with (a Ray Placement's), unless
+        engine_config says; None: this process's cores."""
+        options = options or InferenceOptions()
+        spec = options.engine_spec(threads)
         info = read_model_folder(model_dir, num_classes)
         if model_name is not None and check_model_name(model_name) != info.model_name:
             raise ModelFolderError(f"model folder {os.fspath(model_dir)!r} holds a {info.model_name}, not a {model_name}")
@@ -83,7 +52,7 @@ class Predictor:
             layer = build_model(info.model_name, info.num_classes)
             load_weights(layer, info.params_file)
             engine = LayerEngine(layer, device, spec.cpu_threads)
-        return cls(engine, info, target_size, slide)
+        return cls(engine, info, options.target_size, options.slide)
 
     @classmethod
     def from_layer(cls, layer, model_name, class_names, transforms=None, device="cpu", target_size=None, cpu_threads=None):
@@ -161,16 +130,4 @@ class Predictor:
         return T.restore_mask(label, img.shape[1], img.shape[0])
 
 
-def load_predictor(model_name=None, model_dir=None, device=None, target_size=None, num_classes=None, **kw):
-    """A Predictor for `model_dir`, or for PaddleX's official folder of `model_name` (from PaddleX's
-    cache, downloaded there when missing: raysegment/downloads.py)."""
-    if model_dir is None:
-        if model_name is None:
-            raise ValueError("pass a model_name or a model_dir")
-        from ..downloads import fetch_official_model
-
-        model_dir = fetch_official_model(check_model_name(model_name))
-    return Predictor.load(model_dir, model_name, device, target_size, num_classes, **kw)
-
-
-__all__ = ["Predictor", "check_slide", "load_predictor"]
+__all__ = ["Predictor"]

@@ -24,13 +24,11 @@ from ..data.augment import AugmentSpec
 from ..data.dataset import read_class_names
 from ..data.labels import default_class_names
 from ..data.metrics import ConfusionMatrix
-from ..infer import Predictor, export_model, save_checkpoint
-from ..infer.export import exported_layer
-from ..infer.model_files import DEFAULT_TRANSFORMS, read_model_folder
-from ..infer.engines import default_cpu_threads
 from ..downloads import fetch_file
+from ..infer import DEFAULT_TRANSFORMS, Predictor, export_model, folder_weights, save_checkpoint
 from ..models import WeightsError, build_model, load_weights
 from ..models.weights import read_state_dict
+from ..ray_env import process_cpus
 from ..storage import is_url
 from .curves import Curves
 from .data import local_batches, median_frequency_weights, split_rows
@@ -100,11 +98,7 @@ def _pretrained_state(net, path):
     `net`'s values."""
     if not os.path.isdir(path):
         return read_state_dict(path), []
-    info = read_model_folder(path)
-    if not info.graph_file:
-        return read_state_dict(info.params_file), []
-    layer, kept = exported_layer(info)
-    state = {key: value.numpy() for key, value in layer.state_dict().items()}
+    state, kept = folder_weights(path)
     own = net.state_dict()
     state.update({key: own[key].numpy() for key in kept if key in own})
     return state, kept
@@ -203,20 +197,16 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
             f.write(cfg.to_yaml())
     paddle.set_device(device)
     if device == "cpu":
-        paddle.base.core.set_num_threads(cpu_threads or default_cpu_threads())
+        paddle.base.core.set_num_threads(cpu_threads or process_cpus())
     paddle.seed(t.seed + rank)
     class_names = class_names_for(cfg)
-    class_weights = None
-    if t.class_weights is not None:
-        class_weights = paddle.to_tensor(t.class_weights, dtype="float32")  # made once, used every step
-        if is_main:
-            log.info("class weights: %s", ", ".join(f"{n} {w:g}" for n, w in zip(class_names, t.class_weights)))
+    if t.class_weights is not None and is_main:
+        log.info("class weights: %s", ", ".join(f"{n} {w:g}" for n, w in zip(class_names, t.class_weights)))
     net, model, opt, state = _build(cfg, world_size, resume_dir or t.resume_path, device)
+    step = TrainingStep(t, net, model, opt, amp=t.amp and device.startswith("gpu"))
     if batches is None:
         batches = local_batches(split_rows(cfg.Global.dataset_dir, "train"), AugmentSpec.from_train(t), t.batch_size, seed=t.seed)
     val_rows = split_rows(cfg.Global.dataset_dir, "val") if is_main else []
-    amp = t.amp and device.startswith("gpu")
-    scaler = paddle.amp.GradScaler(enable=amp, init_loss_scaling=1024)
 
     curves = Curves(out, state.setdefault("curves", {}), state["iter"]) if is_main else None
     bar = _progress_bar(t.epochs_iters, state["iter"]) if is_main else None
@@ -228,13 +218,7 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
         lr = lr_at(it, t.learning_rate, t.epochs_iters, t.warmup_steps, t.lr_power)
         opt.set_lr(lr)
         x, y = next(batches)
-        with paddle.amp.auto_cast(enable=amp, level="O1"):
-            outputs = model(paddle.to_tensor(x))
-            loss = training_loss(net, outputs, paddle.to_tensor(y), t.loss, t.ohem_min_kept, t.loss_coefs, class_weights, t.lovasz_weight)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.clear_grad()
+        loss = step(x, y)
         done = it + 1
         if tic is None:
             tic = time.perf_counter()
@@ -270,6 +254,31 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
     curves.close()
     elapsed = max(time.perf_counter() - (tic or time.perf_counter()) - paused, 1e-9)
     return _write_result(cfg, state, elapsed, seen * world_size / elapsed, world_size, in_sync)
+
+
+class TrainingStep:
+    """One optimisation step of the Train section's recipe: the forward in one precision context,
+    the model's training loss (its coefficients, class weights, Lovász share), backward and the
+    optimizer step. train() runs it every iteration; `jobs/benchmark.py train` times it alone."""
+
+    def __init__(self, t, net, model, opt, amp=False):
+        self.t, self.net, self.model, self.opt, self.amp = t, net, model, opt, amp
+        self.scaler = paddle.amp.GradScaler(enable=amp, init_loss_scaling=1024)
+        # a tensor made once, used every step
+        self.class_weights = None if t.class_weights is None else paddle.to_tensor(t.class_weights, dtype="float32")
+
+    def __call__(self, x, y):
+        """x (N, 3, h, w) float32, y (N, h, w) int64 -> the loss tensor (reading it is a host-device sync)."""
+        t = self.t
+        with paddle.amp.auto_cast(enable=self.amp, level="O1"):
+            outputs = self.model(paddle.to_tensor(x))
+            loss = training_loss(self.net, outputs, paddle.to_tensor(y), t.loss, t.ohem_min_kept, t.loss_coefs, self.class_weights,
+                                 t.lovasz_weight)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.clear_grad()
+        return loss
 
 
 def _build(cfg, world_size, resume_dir, device):

@@ -1,4 +1,4 @@
-"""ONNX Runtime and OpenVINO engines over an ONNX file (infer/onnx_export.py makes it):
+"""ONNX Runtime and OpenVINO engines over an ONNX file (conversion.py makes it):
 (N, 3, H, W) float32 -> (N, H, W) int32 label maps, as the Paddle engines."""
 
 import os
@@ -25,7 +25,7 @@ class OnnxRuntimeEngine:
         options.log_severity_level = 3
         if device[0] == "gpu":
             available = ort.get_available_providers()
-            from .onnx_export import cache_dir
+            from .conversion import cache_dir
 
             trt = {"device_id": device[1], "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
                    "trt_engine_cache_path": os.path.join(cache_dir(), "tensorrt")}

@@ -12,18 +12,16 @@ import os
 
 import cv2
 
-from .image import decode_image
-from .labels import encode_label_png
-
-BUNDLED = os.path.join(os.path.dirname(__file__), "models", "PP-LiteSeg-T_camvid")
-SAMPLES = os.path.join(os.path.dirname(__file__), "samples")
+from ..data import BUNDLED_MODEL, SAMPLES
+from ..data.image import decode_image
+from ..data.labels import encode_label_png
 
 
 def make_demo_dataset(out):
     """Write the dataset into `out` (the same files again if it is there already); returns `out`."""
     from ..infer import Predictor
 
-    predictor = Predictor.load(BUNDLED, device="cpu")
+    predictor = Predictor.load(BUNDLED_MODEL, device="cpu")
     lines = []
     for name in sorted(f for f in os.listdir(SAMPLES) if f.endswith(".jpg")):
         with open(os.path.join(SAMPLES, name), "rb") as f:

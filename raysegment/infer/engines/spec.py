@@ -5,7 +5,7 @@
                  use_hpip=..., hpi_config={"backend": ..., "backend_config": {...}, "auto_config": ...})
 
 The same keys sit in a config file's Predict section and in the Serve app's options. Left unset, the
-engine is picked per model and input shape (infer/engine_choice.py), which is what PaddleX's
+engine is picked per model and input shape (choice.py), which is what PaddleX's
 high-performance mode (use_hpip) does, so use_hpip only allows hpi_config.
 """
 
@@ -15,7 +15,7 @@ ENGINES = ("paddle", "onnxruntime", "openvino")
 PADDLEX_ENGINE_NAMES = {"paddle": "paddle", "paddle_static": "paddle", "onnxruntime": "onnxruntime",
                         "openvino": "openvino", "hpi": None}
 PRECISIONS = ("fp32", "bf16", "fp16")
-# paddle.inference CPU modes; unpinned, oneDNN runs once it gives plain Paddle's masks (engines.py).
+# paddle.inference CPU modes; unpinned, oneDNN runs once it gives plain Paddle's masks (choice.py).
 CPU_RUN_MODES = ("mkldnn", "paddle")
 PINNED_RUN_MODES = (*CPU_RUN_MODES, "mkldnn_bf16")  # bf16 on oneDNN: opt-in only
 ENGINE_CONFIG_KEYS = ("run_mode", "cpu_threads", "precision")
@@ -55,11 +55,10 @@ class EngineSpec:
         return self.run_mode
 
 
-def engine_spec(engine=None, engine_config=None, use_hpip=False, hpi_config=None, run_mode=None, cpu_threads=None,
-                default_cpu_threads=None):
-    """PaddleX's engine keywords (plus our run_mode / cpu_threads shorthands) -> EngineSpec, or a
-    ValueError naming the key or value that is not taken. default_cpu_threads: what the caller's
-    process may use (an actor's or replica's threads), when no key says."""
+def engine_spec(engine=None, engine_config=None, use_hpip=False, hpi_config=None, run_mode=None, threads=None):
+    """PaddleX's engine keywords (dicts) plus PaddleX's older Predict.kernel_option.run_mode -> EngineSpec,
+    or a ValueError naming the key or value that is not taken. threads: what the caller's process
+    computes with (an actor's or replica's threads), when engine_config does not say."""
     if engine not in PADDLEX_ENGINE_NAMES and engine is not None:
         raise ValueError(f"engine {engine!r} is not available; available: {', '.join(PADDLEX_ENGINE_NAMES)} (None: pick the fastest)")
     config = _checked(engine_config, ENGINE_CONFIG_KEYS, "engine_config")
@@ -74,13 +73,20 @@ def engine_spec(engine=None, engine_config=None, use_hpip=False, hpi_config=None
                 raise ValueError(f"hpi_config backend {hpi['backend']!r} is not one of {', '.join(ENGINES)}")
             name = hpi["backend"]
         config = {**backend_config, **config}
-    for key, value in (("run_mode", run_mode), ("cpu_threads", cpu_threads)):
+    config = with_shorthands(config, run_mode=run_mode)
+    return EngineSpec(name, config.get("run_mode"), config.get("precision") or "fp32", config.get("cpu_threads") or threads)
+
+
+def with_shorthands(engine_config, **values):
+    """engine_config (a dict) with the keys given apart (create_model's run_mode= and cpu_threads=,
+    Predict.kernel_option.run_mode) put in; a ValueError when both say and disagree."""
+    config = dict(engine_config or {})
+    for key, value in values.items():
         if value is not None and config.get(key, value) != value:
             raise ValueError(f"{key}={value!r} and engine_config {key} {config[key]!r} disagree; pass one")
         if value is not None:
             config[key] = value
-    return EngineSpec(name, config.get("run_mode"), config.get("precision") or "fp32",
-                      config.get("cpu_threads") or default_cpu_threads)
+    return config
 
 
 def _checked(mapping, keys, what):

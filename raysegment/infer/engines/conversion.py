@@ -7,7 +7,7 @@ take. So the graph is traced again from the architecture code with the folder's 
 match a fresh build: export.exported_layer), with dynamic height and width when paddle2onnx takes that
 and else one graph per input shape, and each conversion runs in a child process:
 
-    python -m raysegment.infer.onnx_export MODEL_DIR OUT.onnx [HEIGHT WIDTH]
+    python -m raysegment.infer.engines.conversion MODEL_DIR OUT.onnx [HEIGHT WIDTH]
 
 Files are cached under $RAYSEGMENT_CACHE_DIR (default ~/.cache/raysegment), keyed by the folder's
 graph and weights, the shape and the paddle2onnx version, so each machine converts a model once; a
@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 
-from ..storage import file_lock
+from ...storage import file_lock
 
 CACHE_ENV = "RAYSEGMENT_CACHE_DIR"
 OPSET = 17
@@ -100,8 +100,8 @@ _KEYS = {}  # ((file, mtime, size), ...) -> folder_key: each folder hashed once 
 
 def folder_layer(info):
     """The folder's model as a paddle.nn.Layer in eval mode: a fresh build of info.model_name with the folder's weights."""
-    from ..models import WeightsError
-    from .export import exported_layer
+    from ...models import WeightsError
+    from ..export import exported_layer
 
     try:
         return exported_layer(info)[0]
@@ -114,8 +114,8 @@ def convert(model_dir, path, shape=None):
     import paddle
     import paddle2onnx
 
-    from .export import ArgmaxHead
-    from .model_files import read_model_folder
+    from ..export import ArgmaxHead
+    from ..model_files import read_model_folder
 
     info = read_model_folder(model_dir)
     h, w = shape or (None, None)
