@@ -14,11 +14,9 @@ The folder loads in raysegment.create_model(model_dir=...) and in PaddleX's crea
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: E402
+from raysegment.cli import add_config_arguments, config_from_args, run
 
 
 def main(argv=None):

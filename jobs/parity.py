@@ -24,7 +24,6 @@ import tempfile
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 SUMMARY = os.path.join(HERE, "..", "tests", "reference_keys", "SUMMARY.tsv")
 
 

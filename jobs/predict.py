@@ -20,12 +20,10 @@ Same as `python -m raysegment -c CONFIG -o Global.mode=predict ...`.
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.cli import add_config_arguments, config_from_args, print_progress, report_bulk, run  # noqa: E402
+from raysegment.cli import add_config_arguments, config_from_args, print_progress, report_bulk, run
 
 
 def main(argv=None):

@@ -12,12 +12,9 @@ best_model/ (model.pdparams, model.pdopt, inference/). Same as `python -m rayseg
 
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: E402
+from raysegment.cli import add_config_arguments, config_from_args, run
 
 
 def main(argv=None):

@@ -19,13 +19,10 @@ tune_result.json and tune_result.png; the table is printed.
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysegment.cli import add_config_arguments, config_from_args, run  # noqa: E402
-from raysegment.config import ConfigError  # noqa: E402
+from raysegment.cli import add_config_arguments, config_from_args, run
+from raysegment.config import ConfigError
 
 
 def main(argv=None):

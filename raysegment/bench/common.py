@@ -1,0 +1,193 @@
+"""What every benchmark shares: one clock, one table, the inputs (bundled frames, an untrained
+model, a small dataset), the bulk job run as a user runs it, and process-tree memory."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from ..data import SAMPLES
+
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(os.path.dirname(PACKAGE), "configs")  # a source checkout's configs/ and jobs/
+JOBS = os.path.join(os.path.dirname(PACKAGE), "jobs")
+
+
+class Stopwatch:
+    """The one clock of the benchmarks (time.perf_counter): stopwatch() is the seconds since it was made."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    def __call__(self):
+        return time.perf_counter() - self.started
+
+
+def best_seconds(fn, repeats=2):
+    """Seconds of fn(), best of `repeats` (the machine is shared; the best run is the least disturbed)."""
+    best = float("inf")
+    for _ in range(repeats):
+        clock = Stopwatch()
+        fn()
+        best = min(best, clock())
+    return best
+
+
+def rate(fn, n, repeats=2):
+    """Items per second of fn() handling `n` items, best of `repeats`."""
+    return n / best_seconds(fn, repeats)
+
+
+def print_table(title, header, rows, decimals=2):
+    """A titled table: the first column left-aligned, the rest right-aligned, floats rounded."""
+    def cell(v):
+        return f"{v:.{decimals}f}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in [list(header)] + cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for row in [list(header)] + cells:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def make_image_dir(folder, n):
+    """n JPEGs of one size, cycling through the bundled CamVid samples."""
+    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        shutil.copyfile(samples[i % len(samples)], os.path.join(folder, f"img_{i:05d}.jpg"))
+    return folder
+
+
+def model_folder(args, work, model_name="PP-LiteSeg-T", num_classes=11):
+    """(inference folder, model name): --model-dir, or an untrained model exported here (with its
+    checkpoint beside it, for the dygraph row)."""
+    from ..infer.model_files import read_model_folder
+
+    if args.model_dir:
+        return args.model_dir, read_model_folder(args.model_dir).model_name
+    import paddle
+
+    from ..data.labels import default_class_names
+    from ..infer import export_model, save_checkpoint
+    from ..models import build_model
+
+    paddle.seed(0)
+    layer = build_model(model_name, num_classes)
+    names = default_class_names(num_classes)
+    save_checkpoint(layer, os.path.join(work, "model", "checkpoint"), model_name, names)
+    return export_model(layer, os.path.join(work, "model", "inference"), model_name, names), f"untrained {model_name}"
+
+
+def make_train_dir(folder, n, num_classes=11):
+    """A SegDataset from the bundled images with random block labels (speed does not depend on them)."""
+    import cv2
+    import numpy as np
+
+    from ..data.labels import default_class_names
+
+    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    os.makedirs(os.path.join(folder, "annotations"), exist_ok=True)
+    lines = []
+    for i in range(n):
+        shutil.copyfile(samples[i % len(samples)], os.path.join(folder, "images", f"{i}.jpg"))
+        label = np.kron(rng.integers(0, num_classes, (9, 12)), np.ones((40, 40))).astype(np.uint8)  # 360 x 480
+        cv2.imwrite(os.path.join(folder, "annotations", f"{i}.png"), label)
+        lines.append(f"images/{i}.jpg annotations/{i}.png")
+    for split, part in (("train", lines), ("val", lines[:4])):
+        with open(os.path.join(folder, f"{split}.txt"), "w") as f:
+            f.write("\n".join(part) + "\n")
+    with open(os.path.join(folder, "labels.txt"), "w") as f:
+        f.write("".join(f"{name}\n" for name in default_class_names(num_classes)))
+    return folder
+
+
+def tree_memory(root_pid):
+    """(RSS, PSS) in bytes summed over a process and all its descendants, from /proc. RSS counts a
+    page shared by several processes (libraries, the object store) once per process; PSS divides
+    it among them, so the PSS sum is what the job takes from the machine."""
+    children, totals = {}, [0, 0]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(pid))
+        except (OSError, IndexError, ValueError):
+            pass
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[-1] == "kB"}
+        except (OSError, ValueError, IndexError):
+            continue
+        totals[0] += fields.get("Rss", 0) * 1024
+        totals[1] += fields.get("Pss", 0) * 1024
+    return tuple(totals)
+
+
+def run_bulk_job(model_dir, images, out, batch_size, layout=None):
+    """The bulk job (`python -m raysegment`, as jobs/predict.py) in a fresh process (its own local Ray): with no tuning flags (layout None:
+    the actors, CPUs and threads it sizes itself), or `layout` = (actors, threads per actor), each
+    actor reserving an equal share of the CPUs. Returns (summary, peak RSS sum, peak PSS sum)."""
+    cpus = os.cpu_count()
+    cmd = [sys.executable, "-m", "raysegment", "-o", "Global.mode=predict", "-o", f"Predict.model_dir={model_dir}",
+           "-o", f"Predict.input={images}", "-o", f"Predict.output={out}",
+           "-o", f"Ray.predict_batch_size={batch_size}", "-o", f"Predict.batch_size={batch_size}"]
+    if layout:
+        actors, threads = layout
+        cmd += ["-o", f"Ray.predict_concurrency={actors}", "-o", f"Ray.cpus_per_actor={cpus / actors:g}",
+                "-o", f"Ray.threads_per_actor={threads}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak_rss = peak_pss = 0
+    while proc.poll() is None:
+        rss, pss = tree_memory(proc.pid)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.2)
+    with open(os.path.join(out, "_SUCCESS.json")) as f:
+        return json.load(f), peak_rss, peak_pss
+
+
+class HeapPeak:
+    """Peak of this process's anonymous memory (heap, numpy, Arrow; not the object store's shared
+    pages that ray.put maps in), sampled every 10 ms from /proc/self/smaps_rollup, in MB."""
+
+    def __init__(self):
+        import threading
+
+        self.peak, self.base, self._stop = 0.0, self.now(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def now():
+        with open("/proc/self/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Anonymous:")) / 1024
+
+    def _sample(self):
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.now())
+
+    def growth(self):
+        """Peak so far above the level at start, MB."""
+        self.peak = max(self.peak, self.now())
+        return self.peak - self.base
+
+
+def add_inputs(p, n=None, batch_size=None, model=False):
+    """The options several benchmarks share: image count, forward batch, model folder."""
+    if n:
+        p.add_argument("--n", type=int, default=n, help=f"number of images (default {n})")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, default=batch_size, help=f"images per forward (default {batch_size})")
+    if model:
+        p.add_argument("--model-dir", help="exported inference folder (default: an untrained PP-LiteSeg-T, 11 classes)")
+
+
+def int_list(text):
+    return [int(x) for x in text.split(",")]
