@@ -20,7 +20,7 @@ from raysegment import storage
 from raysegment.infer import export_model, save_checkpoint
 from raysegment.models import build_model
 
-# ONNX files converted during the run (infer/onnx_export.py) go to a folder of this run's own, which
+# ONNX files converted during the run (infer/engines/conversion.py) go to a folder of this run's own, which
 # Ray workers inherit, not the user's ~/.cache
 os.environ["RAYSEGMENT_CACHE_DIR"] = tempfile.mkdtemp(prefix="raysegment-test-cache-")
 atexit.register(shutil.rmtree, os.environ["RAYSEGMENT_CACHE_DIR"], True)
@@ -58,8 +58,14 @@ def pdf_bytes(*images_rgb):
 
 def pytest_collection_modifyitems(items):
     """The README's quickstarts run first: they start Ray as on a user's machine (`ray start --head`
-    on Ray's default ports, its agent on 52365), which a Ray this suite started would already hold."""
+    on Ray's default ports, its agent on 52365), which a Ray this suite started would already hold.
+    Tests marked gpu are skipped where Paddle sees no CUDA GPU."""
     items.sort(key=lambda item: not item.nodeid.startswith("tests/test_readme.py::test_quickstart"))
+    if not (paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0):
+        skip = pytest.mark.skip(reason="needs a CUDA GPU and paddlepaddle-gpu")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

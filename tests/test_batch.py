@@ -52,6 +52,7 @@ def model(inference_dir):
     return raysegment.create_model(model_dir=inference_dir)
 
 
+@pytest.mark.slow
 def test_folder_tree_with_broken_files(tmp_path, inference_dir, model, image_dir, ray_local):
     (image_dir / "sub" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (image_dir / "empty.png").write_bytes(b"")
@@ -76,6 +77,7 @@ def test_folder_tree_with_broken_files(tmp_path, inference_dir, model, image_dir
     assert vis.shape[0] == 48 and vis.shape[1] > 80  # the image (80 x 48) and its legend beside it
 
 
+@pytest.mark.slow
 def test_another_architecture_through_the_bulk_job(tmp_path, maskformer_dir, image_dir, ray_local):
     out = tmp_path / "out"
     summary = bulk(maskformer_dir, str(image_dir), str(out), 2)
@@ -84,6 +86,7 @@ def test_another_architecture_through_the_bulk_job(tmp_path, maskformer_dir, ima
                        [(str(image_dir / "a.jpg"), "a"), (str(image_dir / "sub" / "b.png"), "sub/b")], "MaskFormer_tiny")
 
 
+@pytest.mark.slow
 def test_url_list_from_a_local_http_server(tmp_path, inference_dir, model, http_root, ray_local):
     root, base = http_root
     for name in ("x.jpg", "y.jpg"):
@@ -99,6 +102,7 @@ def test_url_list_from_a_local_http_server(tmp_path, inference_dir, model, http_
     assert_masks_match(model, str(out), [(f"{base}/x.jpg", f"{host}/x"), (f"{base}/y.jpg", f"{host}/y")])
 
 
+@pytest.mark.slow
 def test_s3_prefix_written_back_to_s3(tmp_path, inference_dir, model, image_dir, s3_bucket, ray_local):
     for path in image_dir.rglob("*"):
         if path.is_file():
@@ -127,6 +131,7 @@ def test_rerun_skips_done_inputs_and_duplicates_count_once(tmp_path, inference_d
     assert len({m["uri"] for m in manifest}) == len(manifest) == 4
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_and_every_input_is_done_once(tmp_path, inference_dir, ray_local):
     images = tmp_path / "many"
     for i in range(16):
@@ -199,6 +204,7 @@ def test_the_plan_streams_in_chunks_and_keeps_every_input_once(tmp_path, monkeyp
     assert sorted(e["uri"] for e in errors) == ["x2", "x3"] and {e["error"] for e in errors} == {"OutputCollision"}
 
 
+@pytest.mark.slow
 def test_pdf_inputs_give_one_output_per_page_and_one_manifest_line(tmp_path, inference_dir, model, ray_local):
     from raysegment.data.pdf import render_pages
 
@@ -224,6 +230,7 @@ def test_pdf_inputs_give_one_output_per_page_and_one_manifest_line(tmp_path, inf
     assert (again["processed_this_run"], again["skipped_already_done"], again["skipped_errors"]) == (0, 2, 1)
 
 
+@pytest.mark.slow
 def test_slide_mode_reaches_the_bulk_actors(tmp_path, inference_dir, ray_local):
     images = tmp_path / "big"
     images.mkdir()
@@ -278,6 +285,7 @@ def test_s3_problems_are_one_line_naming_the_bucket_endpoint_and_settings(tmp_pa
     assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {words}"), lines[-30:]
 
 
+@pytest.mark.slow
 def test_retry_errors_runs_exactly_the_failed_inputs_again(tmp_path, inference_dir, image_dir, model, ray_local):
     out = tmp_path / "out"
     broken = image_dir / "broken.jpg"

@@ -9,9 +9,9 @@ import paddle
 import pytest
 
 import raysegment
-from raysegment.infer.engine_choice import MAX_STATIC_SHAPES
+from raysegment.infer.engines.choice import MAX_STATIC_SHAPES
 from raysegment.infer.model_files import read_model_folder
-from raysegment.infer.onnx_export import ConversionError, cache_dir, onnx_file
+from raysegment.infer.engines.conversion import ConversionError, cache_dir, onnx_file
 from raysegment.models import build_model
 from raysegment.models.layers import AdaptiveAvgPool
 
@@ -37,6 +37,7 @@ def test_pinned_engine_gives_paddles_masks(inference_dir, engine):
     assert len(np.unique(second)) > 1
 
 
+@pytest.mark.slow
 def test_swin_models_convert_with_their_built_in_tensors(maskformer_dir):
     """MaskFormer's Swin backbone makes tensors at build time (relative position indices), which the
     graph names by a counter of their own: they pair up with a fresh build's, one dynamic ONNX file."""
@@ -52,7 +53,7 @@ def test_default_picks_per_shape_and_says_why(inference_dir, caplog):
     model = raysegment.create_model(model_dir=inference_dir, device="cpu")
     engine = model.predictor.engine
     assert engine.run_mode == "chosen at the first input of each shape"
-    with caplog.at_level(logging.INFO, logger="raysegment.infer.engine_choice"):
+    with caplog.at_level(logging.INFO, logger="raysegment.infer.engines.choice"):
         engine(_inputs(model, 96, 160))
     note = engine.notes[(96, 160)]
     # every candidate was timed against Paddle, and the fastest serves the shape
@@ -64,6 +65,7 @@ def test_default_picks_per_shape_and_says_why(inference_dir, caplog):
     assert kept == [engine.by_shape[(96, 160)]]  # the engines that lost the race are dropped: only the winner holds memory
 
 
+@pytest.mark.slow
 def test_a_second_load_takes_the_choice_made_on_this_machine(inference_dir):
     first = raysegment.create_model(model_dir=inference_dir, device="cpu", cpu_threads=1)
     x = _inputs(first, 80, 112)
@@ -80,7 +82,7 @@ def test_a_second_load_takes_the_choice_made_on_this_machine(inference_dir):
 def test_a_choice_made_by_a_sibling_while_this_process_waited_says_so(inference_dir, monkeypatch):
     """Bulk actors and replicas start together: one races, the others wait on the machine's lock and
     take its verdict. Here the sibling's verdict lands while this engine waits for the lock."""
-    from raysegment.infer import engine_choice
+    from raysegment.infer.engines import choice as engine_choice
 
     sibling = raysegment.create_model(model_dir=inference_dir, device="cpu", cpu_threads=1)
     x = _inputs(sibling, 72, 104)
@@ -102,6 +104,7 @@ def test_a_choice_made_by_a_sibling_while_this_process_waited_says_so(inference_
     assert engine.notes[(72, 104)] == sibling.predictor.engine.notes[(72, 104)] + " (chosen just now by another process on this machine)"
 
 
+@pytest.mark.slow
 def test_static_shape_models_convert_per_shape_and_cap_it(inference_dir):
     """PP-LiteSeg's adaptive pooling converts only at a static size: one cached ONNX file per shape,
     the dynamic try recorded as failed once, and past MAX_STATIC_SHAPES the rest stay on Paddle."""
@@ -149,10 +152,11 @@ def foreign_dir(tiny_layer, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_an_engine_that_cannot_take_the_model_falls_back_to_paddle(foreign_dir, inference_dir, caplog):
     model = raysegment.create_model(model_dir=foreign_dir, engine="openvino")
     x = _inputs(model, 96, 160)
-    with caplog.at_level(logging.WARNING, logger="raysegment.infer.engine_choice"):
+    with caplog.at_level(logging.WARNING, logger="raysegment.infer.engines.choice"):
         first, second = model.predictor.engine(x), model.predictor.engine(x)
     engine = model.predictor.engine
     assert engine.run_mode == "paddle:mkldnn" and "openvino cannot run it" in engine.reason

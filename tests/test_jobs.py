@@ -18,6 +18,7 @@ def run_job(name, *args):
     return subprocess.run([sys.executable, os.path.join(ROOT, "jobs", name), *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_export_checkpoint_then_predict_cli(checkpoint_dir, image_dir, tmp_path):
     out = tmp_path / "inference"
     done = run_job("export.py", "-c", CONFIG, "-o", f"Export.weight_path={checkpoint_dir}", "-o", f"Global.output={out}")
@@ -107,6 +108,7 @@ def test_main_module_dispatches_on_global_mode(tmp_path):
     assert done.returncode == 1 and "error: set Global.dataset_dir" in done.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_cli_on_a_local_ray(tmp_path, inference_dir):
     from conftest import CLASS_NAMES, make_dataset
 

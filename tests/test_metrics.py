@@ -75,6 +75,7 @@ def test_bad_values_are_refused():
         ConfusionMatrix(3).update(np.zeros(3), np.zeros(4))
 
 
+@pytest.mark.slow
 def test_evaluate_on_ray_matches_create_model(tmp_path, inference_dir, ray_local):
     root = make_dataset(tmp_path / "ds", n_train=2, n_val=5, num_classes=3)
     (root / "labels.txt").write_text("".join(f"{n}\n" for n in CLASS_NAMES))

@@ -14,7 +14,7 @@ import raysegment
 from conftest import CLASS_NAMES, jpeg_bytes, pdf_bytes, png_bytes, random_image
 from raysegment.data.image import ImageError
 from raysegment.infer import ModelFolderError, Predictor, decode_mask, save_checkpoint
-from raysegment.infer.engines import DeviceError
+from raysegment.infer.engines.paddle import DeviceError
 from raysegment.models import UnknownModelError, WeightsError, build_model
 from raysegment.storage import StorageError
 
@@ -62,30 +62,31 @@ def test_paddlex_engine_keywords(inference_dir):
     assert hpi.predictor.engine.candidates == ["onnxruntime"]
     with pytest.raises(RuntimeError, match="run_mode 'mkldnn_bf16' cannot run .*pool2d"):  # Paddle 3.2.2 has no bf16 pool2d
         raysegment.create_model(model_dir=inference_dir, engine="paddle", engine_config={"precision": "bf16"})
-    for kw, match in [({"engine": "tensorrt"}, "engine 'tensorrt' is not available; available: paddle, paddle_static"),
-                      ({"engine_config": {"run_mode": "paddle", "trt_fp16": True}}, "engine_config key.s. trt_fp16 not taken"),
-                      ({"engine_config": {"run_mode": "trt_fp16"}}, "run_mode 'trt_fp16' is not one of mkldnn, paddle, mkldnn_bf16"),
+    for kw, match in [({"engine": "tensorrt"}, "create_model.engine: 'tensorrt' is not one of null, paddle, paddle_static"),
+                      ({"engine_config": {"run_mode": "paddle", "trt_fp16": True}}, "create_model.engine_config: unknown key 'trt_fp16'"),
+                      ({"engine_config": {"run_mode": "trt_fp16"}}, "engine_config.run_mode: 'trt_fp16' is not one of null, mkldnn, paddle, mkldnn_bf16"),
                       ({"run_mode": "paddle", "engine_config": {"run_mode": "mkldnn"}}, "disagree"),
                       ({"engine": "onnxruntime", "run_mode": "mkldnn"}, "is a Paddle mode; engine 'onnxruntime' does not take one"),
                       ({"engine": "onnxruntime", "engine_config": {"precision": "bf16"}}, "bf16 runs on openvino or paddle"),
                       ({"engine_config": {"precision": "fp16"}}, "fp16 needs a GPU"),
                       ({"hpi_config": {"backend": "openvino"}}, "hpi_config applies with use_hpip=True"),
-                      ({"use_hpip": True, "hpi_config": {"backend": "om"}}, "backend 'om' is not one of")]:
+                      ({"use_hpip": True, "hpi_config": {"backend": "om"}}, "hpi_config.backend: 'om' is not one of"),
+                      ({"slide_windw": 512}, "create_model: unknown key 'slide_windw'; did you mean 'slide_window'")]:
         with pytest.raises(ValueError, match=match):
             raysegment.create_model(model_dir=inference_dir, device="cpu", **kw)
 
 
 def test_cpu_mode_falls_back_to_plain_paddle_when_onednn_fails(inference_dir, monkeypatch):
-    from raysegment.infer.engines import InferenceEngine
+    from raysegment.infer.engines.paddle import PaddleEngine
 
-    create = InferenceEngine._create
+    create = PaddleEngine._create
 
     def no_onednn(self, mode):
         if mode == "mkldnn":
             raise RuntimeError("(Unimplemented) ConvertPirAttribute2RuntimeAttribute not support")
         return create(self, mode)
 
-    monkeypatch.setattr(InferenceEngine, "_create", no_onednn)
+    monkeypatch.setattr(PaddleEngine, "_create", no_onednn)
     engine = raysegment.create_model(model_dir=inference_dir, engine="paddle").predictor.engine
     assert engine.run_mode == "paddle" and engine.reason.startswith("oneDNN fails ((Unimplemented)")
     with pytest.raises(RuntimeError, match="Unimplemented"):  # a pinned mode is not replaced
@@ -173,7 +174,7 @@ def test_target_size_priority_predict_over_create_model_over_yaml(inference_dir,
     # whatever the network input, the mask comes back at the original size
     (res,) = from_create.predict(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), target_size=(32, 32))
     assert res["pred"].shape == (1, 60, 90)
-    with pytest.raises(ValueError, match="target_size must be"):
+    with pytest.raises(ValueError, match="target_size: expected -1, a positive int"):
         list(from_create.predict(img, target_size=0))
 
 
@@ -238,6 +239,20 @@ def test_checkpoint_with_weights_for_another_class_count(tmp_path):
     folder = save_checkpoint(build_model("PP-LiteSeg-T", num_classes=19), str(tmp_path / "c"), "PP-LiteSeg-T", CLASS_NAMES)
     with pytest.raises(WeightsError, match=r"mis-shaped: seg_heads.0.conv_out.weight \(file \[19, 32, 1, 1\], model \[3, 32, 1, 1\]\)"):
         raysegment.create_model(model_dir=folder)
+
+
+@pytest.mark.gpu
+def test_a_gpu_gives_the_cpu_masks(inference_dir, image_dir):
+    """The exported folder on paddle.inference's GPU mode and, by default, on the fastest GPU engine
+    that agrees with Paddle, against plain Paddle on the CPU."""
+    cpu = [r["pred"] for r in raysegment.create_model(model_dir=inference_dir, device="cpu", run_mode="paddle").predict(str(image_dir))]
+    pinned = raysegment.create_model(model_dir=inference_dir, device="gpu", engine="paddle")
+    assert pinned.predictor.engine.run_mode == "gpu"
+    for gpu_model in (pinned, raysegment.create_model(model_dir=inference_dir, device="gpu")):
+        gpu = [r["pred"] for r in gpu_model.predict(str(image_dir))]
+        assert len(gpu) == len(cpu) == 3
+        for a, b in zip(cpu, gpu, strict=True):
+            assert (a == b).mean() >= 0.999
 
 
 @pytest.mark.parametrize("device,match", [("gpu", "asks for a GPU but none is available"), ("gpu:1", "asks for a GPU"), ("tpu", "not one of cpu, gpu, gpu:N")])

@@ -114,6 +114,7 @@ def label_map(answer):
     return np.asarray(answer["result"]["labelMap"]).reshape(h, w)
 
 
+@pytest.mark.slow
 def test_label_map_equals_create_model(service, model):
     img = random_image(72, 100, seed=3)
     status, answer = post(f"{service}/semantic-segmentation", {"image": b64(jpeg_bytes(img))})
@@ -127,6 +128,7 @@ def test_label_map_equals_create_model(service, model):
     assert answer["result"]["image"] is None
 
 
+@pytest.mark.slow
 def test_another_architecture_is_served_the_same_way(service, maskformer_dir):
     img = random_image(72, 100, seed=5)
     status, answer = post(f"{service}/maskformer/semantic-segmentation", {"image": b64(png_bytes(img[:, :, ::-1]))})
@@ -134,6 +136,7 @@ def test_another_architecture_is_served_the_same_way(service, maskformer_dir):
     np.testing.assert_array_equal(label_map(answer), expected(raysegment.create_model(model_dir=maskformer_dir), img))
 
 
+@pytest.mark.slow
 def test_target_size_and_visualization(service, model):
     img = random_image(64, 96, seed=4)
     status, answer = post(f"{service}/semantic-segmentation", {"image": b64(png_bytes(img[:, :, ::-1])), "targetSize": [48, 32],
@@ -144,6 +147,7 @@ def test_target_size_and_visualization(service, model):
     assert vis.shape == (64, 96, 3)
 
 
+@pytest.mark.slow
 def test_predict_route_takes_raw_bytes_and_multipart(service, model):
     img = random_image(50, 70, seed=5)
     mask = expected(model, img)
@@ -162,6 +166,7 @@ def test_predict_route_takes_raw_bytes_and_multipart(service, model):
     np.testing.assert_array_equal(decode_mask(multi["mask"]), mask)
 
 
+@pytest.mark.slow
 def test_an_app_with_slide_window_predicts_window_by_window(service, inference_dir):
     img = random_image(200, 300, seed=12)
     status, answer = post(f"{service}/urls/predict", png_bytes(img[:, :, ::-1]), "image/png")
@@ -179,6 +184,7 @@ def post_with_header(url, body, content_type, headers):
         return e.code, json.loads(e.read())
 
 
+@pytest.mark.slow
 def test_many_models_behind_one_app_load_on_demand_and_evict(service, inference_dir, maskformer_dir):
     models = many_models(inference_dir, maskformer_dir)
     img = random_image(48, 64, seed=13)
@@ -202,6 +208,7 @@ def test_many_models_behind_one_app_load_on_demand_and_evict(service, inference_
         assert status == 404 and "is not served here; served model ids: site_a, site_b, site_c" in answer["errorMsg"], answer
 
 
+@pytest.mark.slow
 def test_predict_route_takes_a_pdf_page_by_page(service, model):
     from raysegment.data.pdf import render_pages
 
@@ -217,6 +224,7 @@ def test_predict_route_takes_a_pdf_page_by_page(service, model):
     assert status == 400 and "not a readable PDF" in answer["errorMsg"], answer
 
 
+@pytest.mark.slow
 def test_health_and_ready(service):
     status, _ = post(f"{service}/semantic-segmentation", {"image": b64(jpeg_bytes(random_image(40, 56, seed=5)))})
     assert status == 200
@@ -230,6 +238,7 @@ def test_health_and_ready(service):
     assert any(r.startswith("input 40x56: ") and "masks equal Paddle's" in r for r in ready["engine_reasons"])
 
 
+@pytest.mark.slow
 def test_url_input_from_an_allowlisted_host(service, www, model):
     status, answer = post(f"{service}/urls/semantic-segmentation", {"image": f"{www}/a.jpg"})
     assert status == 200, answer
@@ -274,6 +283,7 @@ BAD_REQUESTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BAD_REQUESTS)
 def test_bad_requests_get_a_4xx_envelope_and_the_next_request_works(service, name):
     route, body, content_type, want_status, words = BAD_REQUESTS[name]
@@ -286,6 +296,7 @@ def test_bad_requests_get_a_4xx_envelope_and_the_next_request_works(service, nam
     assert status == 200, good
 
 
+@pytest.mark.slow
 def test_url_that_404s_and_redirects_are_refused(service, www):
     status, answer = post(f"{service}/urls/semantic-segmentation", {"image": f"{www}/missing.jpg"})
     assert status == 400 and "404" in answer["errorMsg"]
@@ -293,11 +304,13 @@ def test_url_that_404s_and_redirects_are_refused(service, www):
     assert status == 400 and "301" in answer["errorMsg"]
 
 
+@pytest.mark.slow
 def test_unknown_route_keeps_the_envelope(service):
     status, answer = post(f"{service}/nope", {"image": "AAAA"})
     assert status == 404 and answer["errorCode"] == 404 and "/nope" in answer["errorMsg"]
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_requests_all_succeed(service, model):
     images = [random_image(48 + 8 * (i % 3), 64, seed=100 + i) for i in range(50)]
 
@@ -351,6 +364,7 @@ SubModules:
 """  # PaddleX's own pipeline file (paddlex/configs/pipelines/semantic_segmentation.yaml), model_dir filled in
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["jobs/serve.py", "raysegment --serve"])
 def test_serve_commands_answer_then_stop_cleanly_on_sigterm(command, inference_dir, tmp_path):
     """jobs/serve.py, and `raysegment --serve --pipeline` on a PaddleX pipeline file, as a user runs
@@ -402,6 +416,7 @@ def test_serve_commands_answer_then_stop_cleanly_on_sigterm(command, inference_d
         urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5)
 
 
+@pytest.mark.slow
 def test_a_replica_that_cannot_start_is_one_error_with_its_own_reason(service, tmp_path, checkpoint_dir):
     """A folder that looks like a model but whose weights do not load fails in the replica: the
     error says why, not only that Serve's deployment failed."""

@@ -117,13 +117,14 @@ def test_median_frequency_class_weights_are_computed_once_and_recorded(tmp_path)
     assert "class weights: c0 %g, c1 %g, c2 %g" % tuple(expected) in (out / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_eval_target_size_resizes_the_evaluations_and_is_saved_with_the_model(tmp_path):
     root = make_dataset(tmp_path / "ds", n_train=4, n_val=2)  # 48 x 32 images
     out = tmp_path / "out"
     result = train(tiny_cfg(root, out, "Train.epochs_iters=2", "Train.eval_target_size=[96,64]"))
     image = np.zeros((32, 48, 3), np.uint8)
     for folder in (out / "iter_2", out / "best_model", out / "best_model" / "inference"):
-        predictor = raysegment.infer.load_predictor(model_dir=str(folder))
+        predictor = raysegment.infer.Predictor.load(str(folder))
         assert predictor.preprocess(image).shape == (3, 64, 96), folder  # the network sees 2x the image
         assert predictor.predict([image])[0].shape == (32, 48)  # the mask comes back at the image's size
     # the evaluation during training is what the saved checkpoint scores on val (the exported
@@ -134,10 +135,11 @@ def test_eval_target_size_resizes_the_evaluations_and_is_saved_with_the_model(tm
     cm = ConfusionMatrix(3)
     for row in split_rows(str(root), "val"):
         img, label = read_pair(row["image"], row["label"])
-        cm.update(raysegment.infer.load_predictor(model_dir=str(out / "best_model")).predict([img])[0], label)
+        cm.update(raysegment.infer.Predictor.load(str(out / "best_model")).predict([img])[0], label)
     assert cm.metrics()["mIoU"] == pytest.approx(result["best_metrics"]["mIoU"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_plain_loop_writes_paddlex_outputs_and_resumes(tmp_path):
     root = make_dataset(tmp_path / "ds", n_train=4, n_val=2)
     out = tmp_path / "out"
@@ -227,6 +229,7 @@ def decomposable_cfg(root, out, workers, batch):
                     "Train.flip=false", "Train.distort=0", "Train.freeze_bn=true", "Train.loss=ce", "Train.learning_rate=0.05")
 
 
+@pytest.mark.slow
 def test_two_gloo_workers_match_one_worker_on_the_union(tmp_path, ray_local):
     root = make_dataset(tmp_path / "ds", n_train=4, n_val=1)  # one global batch per iteration
     two = fit(decomposable_cfg(root, tmp_path / "two", workers=2, batch=2))
@@ -257,10 +260,11 @@ def train_worker_pids():
     return pids
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_to_the_final_iteration(tmp_path, ray_local):
     root = make_dataset(tmp_path / "ds", n_train=4, n_val=1, size=(96, 128))
     out = tmp_path / "out"
-    cfg = tiny_cfg(root, out, "Ray.num_workers=1", "Train.epochs_iters=30", "Train.eval_interval=5", "Train.crop_size=[96,96]",
+    cfg = tiny_cfg(root, out, "Ray.num_workers=1", "Train.epochs_iters=15", "Train.eval_interval=5", "Train.crop_size=[96,96]",
                    "Ray.max_failures=2", "Train.keep_checkpoints=10")
     killed = []
 
@@ -280,16 +284,16 @@ def test_killed_worker_resumes_to_the_final_iteration(tmp_path, ray_local):
     result = fit(cfg)
     killer.join()
     assert killed, "no training worker was found to kill"
-    assert result["iters"] == 30 and result["done_flag"]
+    assert result["iters"] == 15 and result["done_flag"]
     log = (out / "train.log").read_text()
     match = re.search(r"resumed from \S+ at iteration (\d+)", log)
     assert match, log
     resumed_at, after = int(match.group(1)), log[match.end():]
-    assert resumed_at >= 5 and f"iter {resumed_at + 1}/30 loss" in after and "iter 30/30" in after
-    redone = [int(n) for n in re.findall(r"iter (\d+)/30 loss", after) if int(n) <= resumed_at]
+    assert resumed_at >= 5 and f"iter {resumed_at + 1}/15 loss" in after and "iter 15/15" in after
+    redone = [int(n) for n in re.findall(r"iter (\d+)/15 loss", after) if int(n) <= resumed_at]
     assert redone == [], f"iterations done twice: {redone}"
-    curves = json.loads((out / "iter_30" / "train_state.json").read_text())["curves"]
-    assert [p[0] for p in curves["loss"]] == list(range(1, 31))  # one whole curve, each iteration once
+    curves = json.loads((out / "iter_15" / "train_state.json").read_text())["curves"]
+    assert [p[0] for p in curves["loss"]] == list(range(1, 16))  # one whole curve, each iteration once
 
 
 def test_optimizer_state_round_trips_between_model_instances():
@@ -309,6 +313,7 @@ def test_optimizer_state_round_trips_between_model_instances():
     np.testing.assert_array_equal(opt_a.state_dict()[f"{pa.name}_velocity_0"].numpy(), opt_b.state_dict()[f"{pb.name}_velocity_0"].numpy())
 
 
+@pytest.mark.slow
 def test_backbone_only_pretrained_weights(tmp_path):
     root = make_dataset(tmp_path / "ds", n_train=2, n_val=1)
     donor = raysegment.build_model("PP-LiteSeg-T", 3)
@@ -323,6 +328,7 @@ def test_backbone_only_pretrained_weights(tmp_path):
         train(tiny_cfg(root, tmp_path / "out2", "Train.epochs_iters=1", f"Train.pretrain_weight_path={bad}"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["OCRNet_HRNet-W18", "MaskFormer_tiny"])
 def test_two_gloo_workers_train_models_with_their_own_losses(tmp_path, ray_local, name):
     """OCRNet's auxiliary head (2 logits, coefficients 1 and 0.4) and MaskFormer's set loss (a dict
@@ -423,6 +429,7 @@ def test_maskformer_matching_pairs_queries_with_their_classes_and_rewards_the_ri
     assert float(right) < 0.1 < float(wrong)
 
 
+@pytest.mark.slow
 def test_relative_paths_mean_the_drivers_working_directory(tmp_path, ray_local, monkeypatch):
     """Ray Train workers run in another directory; `-o Global.dataset_dir=ds` must still find ./ds."""
     make_dataset(tmp_path / "ds", n_train=4, n_val=1)

@@ -34,6 +34,7 @@ def trial_config(row):
         return yaml.safe_load(f)
 
 
+@pytest.mark.slow
 def test_two_trials_of_ray_train_runs_give_a_result_file_a_plot_and_a_table(tmp_path, ray_local):
     dataset, out = make_dataset(tmp_path / "ds"), tmp_path / "tune"
     done = run_tune(ray_local, dataset, out, 4, "--grid", "Train.learning_rate=0.01,0.001")
@@ -60,6 +61,7 @@ def test_two_trials_of_ray_train_runs_give_a_result_file_a_plot_and_a_table(tmp_
     assert f"{result['best']['best_mIoU']:.4f}" in lines[header + 2]  # best first
 
 
+@pytest.mark.slow
 def test_asha_stops_trials_below_the_leaders_at_a_rung(tmp_path, ray_local):
     dataset, out = make_dataset(tmp_path / "ds"), tmp_path / "tune"
     done = run_tune(ray_local, dataset, out, 6, "-o", "Ray.num_workers=0", "--grid", "Train.learning_rate=0.01,0.05,0.001,0.1",
@@ -78,6 +80,7 @@ def test_asha_stops_trials_below_the_leaders_at_a_rung(tmp_path, ray_local):
         assert others and row["mIoU_by_iter"][str(rung)] < max(others)
 
 
+@pytest.mark.slow
 def test_a_killed_experiment_resumes_without_redoing_finished_trials(tmp_path, ray_local):
     from ray._private.state import actors  # the GCS's table: the state API needs the dashboard, which tests leave off
 
