@@ -141,7 +141,11 @@ def test_serve_app_answers_through_the_cluster(cluster, tmp_path, inference_dir)
                 assert time.time() < deadline, "the Serve app did not answer /ready"
                 time.sleep(1)
         assert ready["ready"] and ready["model_dir"] == inference_dir
-        replicas = {node for node, state in cluster.actors("Segmenter") if state == "ALIVE"}
+        # /ready answers from the first replica up; the others may still be starting
+        deadline = time.time() + 120
+        while len(replicas := {node for node, state in cluster.actors("Segmenter") if state == "ALIVE"}) < WORKER_NODES:
+            assert time.time() < deadline, f"replicas on {len(replicas)} nodes"
+            time.sleep(1)
         assert len(replicas) == WORKER_NODES  # defaults: one 1-CPU replica per CPU, one per node here
         image = random_image(64, 96, seed=3)
         expected = next(iter(raysegment.create_model(model_dir=inference_dir).predict(image[:, :, ::-1].copy())))["pred"][0]
