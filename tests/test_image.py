@@ -115,3 +115,16 @@ def test_overlay_legend_lists_the_classes_present_with_their_colours():
     assert has == {0: True, 1: False, 2: True}
     rows = [np.flatnonzero((vis[:, 480:] == PALETTE[c]).all(axis=2).any(axis=1)) for c in (0, 2)]
     assert rows[0].min() < rows[1].min()  # most pixels first
+
+
+@pytest.mark.parametrize("size", [None, (64, 48), (20, 14)])  # as is, up, down
+def test_normalize_to_chw_matches_the_numpy_steps(size):
+    """The one-pass OpenCV preprocessing gives what resize + ((x / 255) - mean) / std + HWC->CHW
+    give step by step, with per-channel mean and std, on a non-contiguous view."""
+    img = np.random.default_rng(1).integers(0, 256, (30, 80, 3), dtype=np.uint8)[:, ::2]
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    resized = T.resize(np.ascontiguousarray(img), size) if size else img
+    expected = ((resized.astype(np.float32) / 255 - mean) / std).transpose(2, 0, 1)
+    got = T.normalize_to_chw(img, mean, std, size)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert np.abs(got - expected).max() < 1e-5

@@ -76,8 +76,7 @@ class Predictor:
 
     def preprocess(self, img, target_size=None):
         """(H, W, 3) uint8 RGB -> (3, h, w) float32 network input."""
-        resized = T.resize(img, self._input_size(img, target_size), self._resize_args["interp"])
-        return T.normalize_to_chw(resized, self.mean, self.std)
+        return T.normalize_to_chw(img, self.mean, self.std, self._input_size(img, target_size), self._resize_args["interp"])
 
     def predict(self, images, target_size=None, batch_size=None):
         """RGB uint8 arrays (any sizes) -> (H, W) int32 label maps at each image's own size.
