@@ -23,6 +23,7 @@ can hold a run.
 import itertools
 import json
 import os
+import shutil
 import time
 import uuid
 
@@ -208,8 +209,8 @@ class BulkRun:
         self._merge("errors", only=failed)
         for part in self._parts("manifest") + self._parts("errors"):
             storage.delete(part)
-        if not storage.is_s3(self.output) and os.path.isdir(self._path(PARTS)):
-            os.rmdir(self._path(PARTS))
+        if not storage.is_s3(self.output):  # also a killed run's half-written temporary files, merged by no one
+            shutil.rmtree(self._path(PARTS), ignore_errors=True)
         summary = {"inputs": inputs, "done": done, "errors": inputs - done, **summary}
         storage.write_bytes(self._path(SUCCESS), json.dumps(summary, indent=2).encode())
         return summary

@@ -196,8 +196,10 @@ def test_the_plan_streams_in_chunks_and_keeps_every_input_once(tmp_path, monkeyp
     assert todo == [f"u{i}" for i in range(150, 400)] + ["x1"] + [f"y{i}" for i in range(120)]
     assert max(len(c) for c in chunks) <= 100 and (run.skipped_done, run.skipped_errors, run.collisions) == (150, 0, 2)
     run.record((u, "done", [], "") for u in todo)
+    (tmp_path / "_parts" / ".tmp-abc-manifest-1.jsonl").write_text("{half")  # a write a kill cut short
     summary = run.commit({})
     assert (summary["inputs"], summary["done"], summary["errors"]) == (523, 521, 2)
+    assert not (tmp_path / "_parts").exists()
     manifest = [json.loads(line) for line in (tmp_path / "_manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == len({m["uri"] for m in manifest}) == 523
     errors = [json.loads(line) for line in (tmp_path / "_errors.jsonl").read_text().splitlines()]
