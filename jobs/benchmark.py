@@ -2,6 +2,7 @@
 
     python jobs/benchmark.py predict                       # 100 bundled-size images (360x480)
     python jobs/benchmark.py predict --n 200 --batch-size 4 --model-dir output/best_model/inference
+    python jobs/benchmark.py precision --dataset-dir ../shared/data/camvid   # fp32, bf16, int8: img/s, val mIoU
     python jobs/benchmark.py train                         # 256x256 crops, batch 4 per worker
     python jobs/benchmark.py train --dataset-dir ../shared/data/camvid --iters 40 -c configs/SegFormer-B0.yaml
     python jobs/benchmark.py bulk                          # 200 and 2000 images

@@ -121,7 +121,8 @@ def test_engine_keys_are_checked_by_name():
     assert (spec.engine, spec.precision, spec.cpu_threads) == ("openvino", "bf16", 2)
     for override, match in [("Predict.engine=tensorrt", "Predict.engine: 'tensorrt' is not one of"),
                             ("Predict.engine_config.trt_fp16=true", "engine_config.*trt_fp16"),
-                            ("Predict.engine_config.precision=int8", "Predict.engine_config.precision: 'int8' is not one of")]:
+                            ("Predict.engine_config.precision=int4", "Predict.engine_config.precision: 'int4' is not one of"),
+                            ("Predict.engine_config.precision=int8", "precision int8 needs engine_config.calibration_images")]:
         with pytest.raises(ConfigError, match=match):
             load_config(None, [override])
     with pytest.raises(ConfigError, match="Predict engine keys: run_mode 'mkldnn' is a Paddle mode; engine 'onnxruntime'"):

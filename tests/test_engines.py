@@ -1,14 +1,19 @@
 """The engines behind the Predictor: ONNX Runtime and OpenVINO on files paddle2onnx converts from
 our folders, checked against Paddle's masks, and the default that picks among them per input shape."""
 
+import glob
 import logging
 import os
+import re
+import shutil
 
 import numpy as np
 import paddle
 import pytest
 
 import raysegment
+from raysegment.data import BUNDLED_MODEL, SAMPLES
+from raysegment.infer.engines import quantize
 from raysegment.infer.engines.choice import MAX_STATIC_SHAPES
 from raysegment.infer.model_files import read_model_folder
 from raysegment.infer.engines.conversion import ConversionError, cache_dir, onnx_file
@@ -173,3 +178,53 @@ def test_bf16_is_opt_in_and_reports_its_agreement(inference_dir):
     assert engine.candidates == ["openvino"]
     engine(_inputs(model, 96, 160))
     assert engine.run_mode == "openvino:bf16" and "openvino:bf16 agrees with Paddle fp32 on" in engine.reason
+
+
+def _calibration_folder(folder, n=16):
+    """n JPEGs cycling through the bundled CamVid frames (the bundled model's own kind of image)."""
+    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
+    folder.mkdir()
+    for i in range(n):
+        shutil.copyfile(samples[i % len(samples)], folder / f"cal_{i:02d}.jpg")
+    return str(folder)
+
+
+def test_int8_is_calibrated_on_the_named_images_once_per_machine(tmp_path, monkeypatch):
+    # off its own 960x720, on 4 distinct frames, the model keeps ~0.94 mIoU against fp32's masks: the
+    # margin is widened so this test checks the int8 path (the next one checks the margin's fallback)
+    monkeypatch.setattr(quantize, "MIOU_MARGIN", 0.2)
+    config = {"precision": "int8", "calibration_images": _calibration_folder(tmp_path / "cal")}
+    model = raysegment.create_model(model_dir=BUNDLED_MODEL, device="cpu", target_size=-1, engine_config=config)
+    engine = model.predictor.engine
+    sample = os.path.join(SAMPLES, sorted(os.listdir(SAMPLES))[0])
+    first = next(iter(model.predict(sample)))  # Paddle's answer, while the int8 engines are made and raced
+    assert engine.run_mode in ("onnxruntime:int8", "openvino:int8"), engine.reason
+    assert "the fastest int8 engine (opt-in)" in engine.reason and "int8 agrees with Paddle fp32 on" in engine.reason
+    (int8,) = glob.glob(os.path.join(cache_dir(), "PP-LiteSeg-T_*_360x480_int8_*.onnx"))
+    found = quantize.report(int8)
+    assert (found["calibrated"], found["checked"]) == (14, 2)  # every eighth image held out to check
+    assert found["miou_vs_fp32"] >= 1 - quantize.MIOU_MARGIN
+    second = next(iter(model.predict(sample))).label_map  # the int8 engine's own
+    assert (second == first.label_map).mean() >= 0.95
+    made = os.stat(int8).st_mtime_ns
+    again = raysegment.create_model(model_dir=BUNDLED_MODEL, device="cpu", target_size=-1, engine_config=config)
+    np.testing.assert_array_equal(next(iter(again.predict(sample))).label_map, second)  # the choice and the file, reused
+    assert again.predictor.engine.run_mode == engine.run_mode and os.stat(int8).st_mtime_ns == made
+
+
+def test_int8_that_loses_too_much_runs_fp32_and_says_so_once(inference_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(quantize, "MIOU_MARGIN", -0.01)  # no graph keeps an mIoU above 1: the check must fail
+    config = {"precision": "int8", "calibration_images": _calibration_folder(tmp_path / "cal")}
+    model = raysegment.create_model(model_dir=inference_dir, device="cpu", engine_config=config)
+    with caplog.at_level(logging.WARNING, logger="raysegment.infer.engines.choice"):
+        model.predictor.engine(_inputs(model, 64, 96))
+    (line,) = [r.getMessage() for r in caplog.records if "int8" in r.getMessage()]
+    assert re.search(r"int8 kept mIoU [0-9.]+ against fp32's masks on 2 held-out calibration images, below 1.01; running fp32", line)
+    assert model.predictor.engine.run_mode in ("onnxruntime", "openvino:fp32", "paddle:mkldnn")
+    assert glob.glob(os.path.join(cache_dir(), "*_int8_*.onnx.failed"))  # remembered: not quantized again on this machine
+
+
+def test_int8_refuses_too_few_calibration_images_by_name(inference_dir, tmp_path):
+    config = {"precision": "int8", "calibration_images": _calibration_folder(tmp_path / "cal", n=5)}
+    with pytest.raises(ValueError, match=r"calibration_images .* holds 5 images; int8 calibration needs at least 16"):
+        raysegment.create_model(model_dir=inference_dir, device="cpu", engine_config=config)

@@ -77,6 +77,10 @@ def test_paddlex_engine_keywords(inference_dir):
                       ({"engine": "onnxruntime", "run_mode": "mkldnn"}, "is a Paddle mode; engine 'onnxruntime' does not take one"),
                       ({"engine": "onnxruntime", "engine_config": {"precision": "bf16"}}, "bf16 runs on openvino or paddle"),
                       ({"engine_config": {"precision": "fp16"}}, "fp16 needs a GPU"),
+                      ({"engine_config": {"precision": "int8"}}, "precision int8 needs engine_config.calibration_images"),
+                      ({"engine": "paddle", "engine_config": {"precision": "int8", "calibration_images": "x"}},
+                       "precision int8 runs on onnxruntime or openvino"),
+                      ({"engine_config": {"calibration_images": "x"}}, "calibration_images applies to precision int8, not fp32"),
                       ({"hpi_config": {"backend": "openvino"}}, "hpi_config applies with use_hpip=True"),
                       ({"use_hpip": True, "hpi_config": {"backend": "om"}}, "hpi_config.backend: 'om' is not one of"),
                       ({"slide_windw": 512}, "create_model: unknown key 'slide_windw'; did you mean 'slide_window'")]:

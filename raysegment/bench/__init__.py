@@ -2,6 +2,7 @@
 machine. One module a benchmark; `python jobs/benchmark.py NAME --help` lists each one's options.
 
     predict        create_model().predict against the bare forward (predict.py)
+    precision      fp32, bf16 and int8 side by side: engine, images/s, val mIoU (precision.py)
     bulk           the bulk job at N and 10 N images against the compute limit (bulk.py)
     plan           planning a bulk job of 10k, 100k, 1M inputs (plan.py)
     slide          one huge image, slide mode against whole-image inference (slide.py)
@@ -20,11 +21,13 @@ import os
 import platform
 import tempfile
 
-from . import bulk, models, paddlex, plan, predict, serve, slide, train
+from . import bulk, models, paddlex, plan, precision, predict, serve, slide, train
 
 # name -> (what it measures, its function, the function that adds its options)
 BENCHMARKS = {
     "predict": ("create_model().predict against the bare forward", predict.bench_predict, predict.predict_arguments),
+    "precision": ("fp32, bf16 and int8 side by side: engine, images/s, val mIoU", precision.bench_precision,
+                  precision.precision_arguments),
     "train": ("Ray Train 1 and 2 workers against the bare training step", train.bench_train, train.train_arguments),
     "bulk": ("the bulk job at N and 10 N images against the compute limit", bulk.bench_bulk, bulk.bulk_arguments),
     "plan": ("planning a bulk job of 10k, 100k, 1M inputs: seconds and driver memory", plan.bench_plan, plan.plan_arguments),

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from ..data import SAMPLES
@@ -106,11 +107,11 @@ def make_train_dir(folder, n, num_classes=11):
     return folder
 
 
-def tree_memory(root_pid):
-    """(RSS, PSS) in bytes summed over a process and all its descendants, from /proc. RSS counts a
+def tree_processes(root_pid):
+    """[(pid, name, RSS, PSS)] of a process and all its descendants, from /proc (bytes). RSS counts a
     page shared by several processes (libraries, the object store) once per process; PSS divides
     it among them, so the PSS sum is what the job takes from the machine."""
-    children, totals = {}, [0, 0]
+    children, found = {}, []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -124,11 +125,48 @@ def tree_memory(root_pid):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[-1] == "kB"}
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
         except (OSError, ValueError, IndexError):
             continue
-        totals[0] += fields.get("Rss", 0) * 1024
-        totals[1] += fields.get("Pss", 0) * 1024
-    return tuple(totals)
+        found.append((pid, _process_name(argv), fields.get("Rss", 0) * 1024, fields.get("Pss", 0) * 1024))
+    return found
+
+
+def _process_name(argv):
+    """'ray::MapWorker(...)' as Ray titles its workers, else the script or program run."""
+    if argv[0].startswith("ray::"):
+        return argv[0].split()[0]
+    script = next((a for a in argv[1:] if a.endswith(".py")), None)
+    modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
+    return os.path.basename(script or (modules[0] if modules else argv[0]))
+
+
+def tree_memory(root_pid):
+    """(RSS, PSS) in bytes summed over a process and all its descendants (tree_processes)."""
+    found = tree_processes(root_pid)
+    return sum(p[2] for p in found), sum(p[3] for p in found)
+
+
+def run_measured(cmd, env=None):
+    """Run `cmd` to its end, sampling its process tree's memory every 0.2 s: (seconds, peak RSS sum,
+    peak PSS sum, the processes at the peak RSS sum as [(name, RSS MB, PSS MB)], largest first).
+    A CalledProcessError when it fails."""
+    clock, peak, at_peak = Stopwatch(), [0, 0], []
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty job would fill a pipe and stall
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        while proc.poll() is None:
+            found = tree_processes(proc.pid)
+            rss, pss = sum(p[2] for p in found), sum(p[3] for p in found)
+            if rss > peak[0]:
+                at_peak = sorted(((name, round(r / 2**20), round(p / 2**20)) for _, name, r, p in found), key=lambda x: -x[1])
+            peak = [max(peak[0], rss), max(peak[1], pss)]
+            time.sleep(0.2)
+        seconds = clock()
+        if proc.returncode:
+            err.seek(0)
+            raise subprocess.CalledProcessError(proc.returncode, cmd, stderr=err.read().decode(errors="replace")[-2000:])
+    return seconds, peak[0], peak[1], at_peak
 
 
 def run_bulk_job(model_dir, images, out, batch_size, layout=None):
@@ -138,17 +176,12 @@ def run_bulk_job(model_dir, images, out, batch_size, layout=None):
     cpus = os.cpu_count()
     cmd = [sys.executable, "-m", "raysegment", "-o", "Global.mode=predict", "-o", f"Predict.model_dir={model_dir}",
            "-o", f"Predict.input={images}", "-o", f"Predict.output={out}",
-           "-o", f"Ray.predict_batch_size={batch_size}", "-o", f"Predict.batch_size={batch_size}"]
+           "-o", f"Predict.batch_size={batch_size}"]
     if layout:
         actors, threads = layout
         cmd += ["-o", f"Ray.predict_concurrency={actors}", "-o", f"Ray.cpus_per_actor={cpus / actors:g}",
                 "-o", f"Ray.threads_per_actor={threads}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak_rss = peak_pss = 0
-    while proc.poll() is None:
-        rss, pss = tree_memory(proc.pid)
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(0.2)
+    _, peak_rss, peak_pss, _ = run_measured(cmd)
     with open(os.path.join(out, "_SUCCESS.json")) as f:
         return json.load(f), peak_rss, peak_pss
 

@@ -14,7 +14,7 @@ import sys
 import time
 
 from ..data import BUNDLED_MODEL, SAMPLES
-from .common import JOBS, Stopwatch, add_inputs, print_table
+from .common import JOBS, add_inputs, print_table, run_measured
 from .serve import load_test
 
 
@@ -55,28 +55,34 @@ def bench_paddlex(args, work):
     with open(script, "w") as f:
         f.write(PADDLEX_SCRIPT)
     cache = os.path.join(work, "engine-cache")
+    memory = {}  # run -> peak RSS and PSS sums of its process tree, and its processes at the peak
 
-    def timed(cmd, **env):
-        clock = Stopwatch()
-        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **env})
-        return round(clock(), 2)
+    def timed(run, cmd, **env):
+        seconds, rss, pss, processes = run_measured(cmd, {**os.environ, **env})
+        memory[run] = {"peak_rss_mb": round(rss / 2**20), "peak_pss_mb": round(pss / 2**20), "processes_at_peak": processes}
+        return round(seconds, 2)
 
     ours = [sys.executable, os.path.join(JOBS, "predict.py"), "--model-dir", model_dir, "--input", images]
     seconds = {
-        "paddlex": timed([python, script, model_dir, images, os.path.join(work, "out_paddlex"), name]),
-        "raysegment_cold_cache": timed([*ours, "--output", os.path.join(work, "out_cold")], RAYSEGMENT_CACHE_DIR=cache),
-        "raysegment": timed([*ours, "--output", os.path.join(work, "out_warm")], RAYSEGMENT_CACHE_DIR=cache),
+        "paddlex": timed("paddlex", [python, script, model_dir, images, os.path.join(work, "out_paddlex"), name]),
+        "raysegment_cold_cache": timed("raysegment_cold_cache", [*ours, "--output", os.path.join(work, "out_cold")],
+                                       RAYSEGMENT_CACHE_DIR=cache),
+        "raysegment": timed("raysegment", [*ours, "--output", os.path.join(work, "out_warm")], RAYSEGMENT_CACHE_DIR=cache),
     }
     if args.option:  # the same job with other settings, e.g. one single-thread actor per core
         options = [arg for option in args.option for arg in ("-o", option)]
-        seconds[f"raysegment {' '.join(args.option)}"] = timed([*ours, "--output", os.path.join(work, "out_opts"), *options],
-                                                               RAYSEGMENT_CACHE_DIR=cache)
+        run = f"raysegment {' '.join(args.option)}"
+        seconds[run] = timed(run, [*ours, "--output", os.path.join(work, "out_opts"), *options], RAYSEGMENT_CACHE_DIR=cache)
     with open(os.path.join(work, "out_warm", "_SUCCESS.json")) as f:
         engine = json.load(f)["engine"]
     print_table(f"paddlex benchmark: whole processes, {args.n} images from {source}, {name}, {os.cpu_count()} CPUs",
-                ("run", "seconds", "images/s", "PaddleX / this"),
-                [(k, v, round(args.n / v, 2), round(seconds["paddlex"] / v, 2)) for k, v in seconds.items()])
-    return {"n": args.n, "images": source, "model_dir": model_dir, "seconds": seconds, "engine": engine,
+                ("run", "seconds", "images/s", "PaddleX / this", "peak RSS sum MB", "peak PSS sum MB"),
+                [(k, v, round(args.n / v, 2), round(seconds["paddlex"] / v, 2), memory[k]["peak_rss_mb"], memory[k]["peak_pss_mb"])
+                 for k, v in seconds.items()])
+    print("\nprocesses of our warm-cache run at its peak RSS sum (RSS MB / PSS MB):")
+    for process, rss, pss in memory["raysegment"]["processes_at_peak"]:
+        print(f"  {process:<60} {rss:>6} {pss:>6}")
+    return {"n": args.n, "images": source, "model_dir": model_dir, "seconds": seconds, "engine": engine, "memory": memory,
             "speedup_over_paddlex": round(seconds["paddlex"] / seconds["raysegment"], 2),
             "speedup_over_paddlex_cold_cache": round(seconds["paddlex"] / seconds["raysegment_cold_cache"], 2)}
 

@@ -36,7 +36,11 @@ class EngineConfig:
     run_mode: str | None = field(default=None, metadata=choice(None, *PINNED_RUN_MODES))
     # threads of a process nothing else sizes (create_model); on Ray, threads_per_actor / threads_per_replica
     cpu_threads: int | None = field(default=None, metadata=at_least(1))
-    precision: str | None = field(default=None, metadata=choice(None, *PRECISIONS))  # None: fp32
+    # None: fp32; bf16 (CPU: OpenVINO or oneDNN), fp16 (GPU: TensorRT), int8 (ONNX Runtime or OpenVINO)
+    precision: str | None = field(default=None, metadata=choice(None, *PRECISIONS))
+    # precision int8 only (ours, not PaddleX's): the images to calibrate on, a SegDataset folder (its
+    # train split) or an image folder, glob or list file; quantized once per machine, model and shape
+    calibration_images: str | None = None
 
 
 @dataclass

@@ -5,8 +5,12 @@ AGREEMENT of the pixels as its reference does.
 
     engine       what runs                                   precisions
     paddle       paddle.inference: oneDNN or plain on CPU    fp32; bf16 (oneDNN, run_mode mkldnn_bf16)
-    onnxruntime  ONNX Runtime (CPU; CUDA/TensorRT on GPU)    fp32; fp16 (GPU, TensorRT)
-    openvino     OpenVINO (CPU)                              fp32; bf16 (AMX / AVX-512-BF16)
+    onnxruntime  ONNX Runtime (CPU; CUDA/TensorRT on GPU)    fp32; fp16 (GPU, TensorRT); int8 (CPU)
+    openvino     OpenVINO (CPU)                              fp32; bf16 (AMX / AVX-512-BF16); int8
+
+bf16, fp16 and int8 are opt-in (engine_config.precision): their masks differ from Paddle's fp32 on
+some pixels, and the share is logged. int8 runs a graph quantized on the user's calibration images
+(quantize.py); when quantizing fails or loses more than its margin, fp32 runs, said in one log line.
 
 Unpinned, the first batch of each input shape runs on Paddle (its answer is returned) and on each
 installed candidate; a candidate whose label maps differ from Paddle's on more than 0.1% of the
@@ -38,6 +42,7 @@ from ...storage import file_lock
 from . import runtimes
 from .conversion import ConversionError, cache_dir, folder_key, onnx_file
 from .paddle import PaddleEngine, error_line
+from .quantize import QuantizationError, calibration_uris, int8_file
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,8 @@ def open_engine(info, device, spec):
     """The engine for an exported folder on `device` ('cpu', None) | ('gpu', N)."""
     if device[0] == "cpu" and spec.precision == "fp16":
         raise ValueError("precision fp16 needs a GPU; on CPU use fp32 or bf16")
-    if device[0] == "gpu" and spec.precision == "bf16":
-        raise ValueError("precision bf16 is a CPU mode (AMX / AVX-512-BF16); on GPU use fp32 or fp16")
+    if device[0] == "gpu" and spec.precision in ("bf16", "int8"):
+        raise ValueError(f"precision {spec.precision} is a CPU mode here; on GPU use fp32 or fp16")
     threads = spec.cpu_threads or process_cpus()
     if spec.engine == "paddle" or spec.run_mode:
         return paddle_engine(info, device, spec.paddle_run_mode, threads)
@@ -107,6 +112,9 @@ class ChosenEngine:
         self.candidates = [spec.engine] if spec.engine else self._installed()
         self.by_shape, self.notes = {}, {}  # (h, w) -> engine, its reason
         self._runtimes, self._onnx = {}, {}  # (engine name, onnx path) -> runtime; shape | None -> path or error
+        self._int8 = {}  # fp32 onnx path -> its int8 file, or None where fp32 runs instead
+        self.int8_fallback = None  # why int8 was asked for and fp32 runs
+        self._calibration = calibration_uris(spec.calibration_images) if spec.precision == "int8" else None
         self._paddle = None
         if not self.candidates:
             self.notes[None] = "no onnxruntime/openvino (with paddle2onnx) installed; Paddle runs every shape"
@@ -123,6 +131,8 @@ class ChosenEngine:
             return ["onnxruntime"] if runtimes.installed("onnxruntime") else []
         if self.spec.precision == "bf16":
             return ["openvino"]
+        if self.spec.precision == "int8":
+            return [name for name in ("openvino", "onnxruntime") if runtimes.installed(name)]
         return [name for name in ("openvino", "onnxruntime") if runtimes.installed(name)]
 
     @property
@@ -187,21 +197,25 @@ class ChosenEngine:
             except Exception as e:  # conversion, compilation or run failures, from several libraries
                 remarks.append(f"{name} cannot run it ({error_line(e)})")
                 continue
-            opted_in = self.spec.precision != "fp32"
+            opted_in = engine.precision != "fp32"
             if agreement < AGREEMENT and not opted_in:
                 remarks.append(f"{engine.name} gave Paddle's label on only {agreement:.2%} of the pixels")
                 continue
             runs[engine.name] = engine
             if opted_in:
                 remarks.append(f"{engine.name} agrees with Paddle fp32 on {agreement:.2%} of the pixels")
+        if self.int8_fallback:
+            remarks.append(self.int8_fallback)
+        opted = [name for name, engine in runs.items() if getattr(engine, "precision", "fp32") != "fp32"]
         if self.spec.engine and len(runs) > 1:  # pinned, and it runs: no race
             best = next(name for name in runs if name != reference.name)
-        else:
-            timings = {name: _best_seconds(engine, batch) for name, engine in runs.items()}
+        else:  # an opted-in precision races among its own engines, not against Paddle fp32
+            timings = {name: _best_seconds(runs[name], batch) for name in opted or runs}
             best = min(timings, key=timings.get)
         self.by_shape[shape] = runs[best]
         timed = ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in sorted(timings.items(), key=lambda kv: kv[1]))
-        what = "the pinned engine" if self.spec.engine else "the fastest engine whose masks equal Paddle's"
+        what = "the pinned engine" if self.spec.engine else \
+            f"the fastest {self.spec.precision} engine (opt-in)" if opted else "the fastest engine whose masks equal Paddle's"
         note = f"input {shape[0]}x{shape[1]}: {best}, {what}" + (f" ({timed})" if timed else "") + "".join(f"; {r}" for r in remarks)
         self.notes[shape] = note
         self._release_unused()
@@ -220,13 +234,26 @@ class ChosenEngine:
             self._paddle = None
 
     def _runtime(self, name, shape):
-        path = self._onnx_path(shape)
+        path, precision = self._onnx_path(shape), self.spec.precision
+        if precision == "int8":
+            path, precision = self._int8_path(path, shape)
         if (name, path) not in self._runtimes:
             if name == "openvino":
-                self._runtimes[name, path] = runtimes.OpenVinoEngine(path, self.threads, self.spec.precision)
+                self._runtimes[name, path] = runtimes.OpenVinoEngine(path, self.threads, precision)
             else:
-                self._runtimes[name, path] = runtimes.OnnxRuntimeEngine(path, self.device, self.threads, self.spec.precision)
+                self._runtimes[name, path] = runtimes.OnnxRuntimeEngine(path, self.device, self.threads, precision)
         return self._runtimes[name, path]
+
+    def _int8_path(self, fp32_path, shape):
+        """(the int8 file quantized from `fp32_path`, "int8"), or (fp32_path, "fp32") when quantizing
+        fails or loses more than its margin: said once, in one warning line."""
+        if fp32_path not in self._int8:
+            try:
+                self._int8[fp32_path] = int8_file(fp32_path, os.path.dirname(self.info.graph_file), shape, self._calibration)
+            except QuantizationError as e:
+                self._int8[fp32_path], self.int8_fallback = None, f"{e}; running fp32"
+                log.warning("%s: %s", os.path.dirname(self.info.graph_file), self.int8_fallback)
+        return (self._int8[fp32_path], "int8") if self._int8[fp32_path] else (fp32_path, "fp32")
 
     def _onnx_path(self, shape):
         """The dynamic-shape ONNX file when paddle2onnx takes the model so, else this shape's."""

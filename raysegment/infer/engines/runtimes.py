@@ -6,8 +6,9 @@ import os
 import numpy as np
 
 # precision -> OpenVINO's INFERENCE_PRECISION_HINT. Stated always: on CPUs with AMX, OpenVINO's
-# own default is bf16, which is opt-in here
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+# own default is bf16, which is opt-in here. An int8 graph's quantize/dequantize pairs make its
+# convolutions integer; the hint keeps the rest fp32.
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def installed(name):
@@ -38,7 +39,9 @@ class OnnxRuntimeEngine:
             providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(onnx_path, options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
-        self.name = "onnxruntime" + ("" if device[0] == "cpu" else f":{providers[0][0].removesuffix('ExecutionProvider').lower()}")
+        self.precision = precision
+        self.name = "onnxruntime" + ("" if device[0] == "cpu" else f":{providers[0][0].removesuffix('ExecutionProvider').lower()}") \
+            + (":int8" if precision == "int8" else "")
 
     def __call__(self, batch):
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
@@ -56,6 +59,7 @@ class OpenVinoEngine:
             "PERFORMANCE_HINT": "LATENCY",
         })
         self.request = self.compiled.create_infer_request()
+        self.precision = precision
         self.name = f"openvino:{precision}"
 
     def __call__(self, batch):

@@ -1,24 +1,26 @@
 """What a user asks of the engine, in PaddleX's words, checked without importing any engine.
 
     create_model(..., engine=None | "paddle" | "paddle_static" | "onnxruntime" | "openvino" | "hpi",
-                 engine_config={"run_mode": ..., "cpu_threads": ..., "precision": ...},
+                 engine_config={"run_mode": ..., "cpu_threads": ..., "precision": ..., "calibration_images": ...},
                  use_hpip=..., hpi_config={"backend": ..., "backend_config": {...}, "auto_config": ...})
 
 The same keys sit in a config file's Predict section and in the Serve app's options. Left unset, the
 engine is picked per model and input shape (choice.py), which is what PaddleX's
-high-performance mode (use_hpip) does, so use_hpip only allows hpi_config.
+high-performance mode (use_hpip) does, so use_hpip only allows hpi_config. calibration_images is
+ours, not PaddleX's: the images precision int8 is calibrated on (quantize.py).
 """
 
+import os
 from dataclasses import dataclass
 
 ENGINES = ("paddle", "onnxruntime", "openvino")
 PADDLEX_ENGINE_NAMES = {"paddle": "paddle", "paddle_static": "paddle", "onnxruntime": "onnxruntime",
                         "openvino": "openvino", "hpi": None}
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # paddle.inference CPU modes; unpinned, oneDNN runs once it gives plain Paddle's masks (choice.py).
 CPU_RUN_MODES = ("mkldnn", "paddle")
 PINNED_RUN_MODES = (*CPU_RUN_MODES, "mkldnn_bf16")  # bf16 on oneDNN: opt-in only
-ENGINE_CONFIG_KEYS = ("run_mode", "cpu_threads", "precision")
+ENGINE_CONFIG_KEYS = ("run_mode", "cpu_threads", "precision", "calibration_images")
 HPI_CONFIG_KEYS = ("backend", "backend_config", "auto_config")
 
 
@@ -28,6 +30,7 @@ class EngineSpec:
     run_mode: str | None = None  # a Paddle CPU mode (PINNED_RUN_MODES); pins engine paddle
     precision: str = "fp32"
     cpu_threads: int | None = None
+    calibration_images: str | None = None  # precision int8: a SegDataset, image folder, glob or list file
 
     def __post_init__(self):
         if self.engine not in (None, *ENGINES):
@@ -44,6 +47,13 @@ class EngineSpec:
             raise ValueError("precision fp16 runs on a GPU through onnxruntime's TensorRT provider")
         if self.precision == "bf16" and self.run_mode not in (None, "mkldnn_bf16"):
             raise ValueError(f"precision bf16 with run_mode {self.run_mode!r}: Paddle's bf16 mode is mkldnn_bf16")
+        if self.precision == "int8" and (self.engine == "paddle" or self.run_mode):
+            raise ValueError("precision int8 runs on onnxruntime or openvino (a quantized ONNX graph), not on Paddle")
+        if self.precision == "int8" and not self.calibration_images:
+            raise ValueError("precision int8 needs engine_config.calibration_images: a folder, glob or list file of "
+                             "a few hundred training images to calibrate on")
+        if self.calibration_images and self.precision != "int8":
+            raise ValueError(f"calibration_images applies to precision int8, not {self.precision}")
         if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
             raise ValueError(f"cpu_threads must be a positive integer, got {self.cpu_threads!r}")
 
@@ -74,7 +84,11 @@ def engine_spec(engine=None, engine_config=None, use_hpip=False, hpi_config=None
             name = hpi["backend"]
         config = {**backend_config, **config}
     config = with_shorthands(config, run_mode=run_mode)
-    return EngineSpec(name, config.get("run_mode"), config.get("precision") or "fp32", config.get("cpu_threads") or threads)
+    images = config.get("calibration_images")
+    if images and os.path.exists(images):
+        images = os.path.abspath(images)  # a Ray actor or replica may run elsewhere on this machine
+    return EngineSpec(name, config.get("run_mode"), config.get("precision") or "fp32",
+                      config.get("cpu_threads") or threads, images)
 
 
 def with_shorthands(engine_config, **values):
