@@ -172,6 +172,14 @@ def test_the_predict_section_reaches_every_actor(tmp_path, inference_dir):
     cfg = load_config(None, ["Predict.engine=openvino", "Predict.engine_config.precision=bf16", "Ray.cpus_per_actor=0.5"])
     engine = PredictActor(inference_dir, cfg.Predict, predict_actors(cfg, TWO_CPUS)).predictor.engine
     assert engine.candidates == ["openvino"] and engine.spec.precision == "bf16" and engine.threads == 1
+    (tmp_path / "cal").mkdir()
+    for i in range(20):
+        (tmp_path / "cal" / f"{i}.jpg").write_bytes(jpeg_bytes(random_image(48, 64, seed=i)))
+    relative = os.path.relpath(tmp_path / "cal")  # taken from the driver's directory, wherever the actor runs
+    cfg = load_config(None, ["Predict.engine_config.precision=int8", f"Predict.engine_config.calibration_images={relative}"])
+    engine = PredictActor(inference_dir, cfg.Predict, predict_actors(cfg, TWO_CPUS)).predictor.engine
+    assert engine.spec.precision == "int8" and engine.spec.calibration_images == str(tmp_path / "cal")
+    assert len(engine._calibration) == 20 and set(engine.candidates) <= {"openvino", "onnxruntime"}
 
 
 def test_a_forward_batch_larger_than_an_actor_call_is_refused(tmp_path, inference_dir, image_dir, ray_local):

@@ -345,6 +345,10 @@ def test_build_app_refuses_bad_args(inference_dir, tmp_path):
     hpi = load_serve_config(None, ["use_hpip=true", "hpi_config.backend=openvino", "hpi_config.backend_config.precision=bf16"],
                             model_dir=inference_dir)
     assert (hpi.engine_spec().engine, hpi.engine_spec().precision) == ("openvino", "bf16")  # PaddleX's hpi keys reach replicas
+    with pytest.raises(ConfigError, match="precision int8 needs engine_config.calibration_images"):
+        load_serve_config(None, ["engine_config.precision=int8"], model_dir=inference_dir)
+    with pytest.raises(ConfigError, match="calibration_images applies to precision int8, not bf16"):
+        load_serve_config(None, ["engine_config.precision=bf16", "engine_config.calibration_images=/x"], model_dir=inference_dir)
     with pytest.raises(ConfigError, match="hpi_config applies with use_hpip"):
         load_serve_config(None, ["hpi_config.backend=openvino"], model_dir=inference_dir)
     opts = load_serve_config(os.path.join(ROOT, "configs", "serve.yaml"), ["max_batch_size=2"], port=9000)

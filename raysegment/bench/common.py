@@ -151,7 +151,7 @@ def tree_memory(root_pid):
 def run_measured(cmd, env=None):
     """Run `cmd` to its end, sampling its process tree's memory every 0.2 s: (seconds, peak RSS sum,
     peak PSS sum, the processes at the peak RSS sum as [(name, RSS MB, PSS MB)], largest first).
-    A CalledProcessError when it fails."""
+    A RuntimeError with its last lines of stderr when it fails."""
     clock, peak, at_peak = Stopwatch(), [0, 0], []
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty job would fill a pipe and stall
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
@@ -165,7 +165,8 @@ def run_measured(cmd, env=None):
         seconds = clock()
         if proc.returncode:
             err.seek(0)
-            raise subprocess.CalledProcessError(proc.returncode, cmd, stderr=err.read().decode(errors="replace")[-2000:])
+            tail = err.read().decode(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"{' '.join(cmd[:3])} ... exited {proc.returncode}:\n" + "\n".join(tail))
     return seconds, peak[0], peak[1], at_peak
 
 

@@ -1,6 +1,7 @@
 """paddlex: whole-process seconds of PaddleX 3.7.2 (its own virtualenv; create_model().predict +
 save_to_img + save_to_json) and of jobs/predict.py with its defaults on the same N images, the
-bundled CamVid model unless --model-dir.
+bundled CamVid model unless --model-dir, with each run's peak memory summed over its process tree
+(RSS and PSS) and the processes of our warm-cache run at its peak.
 
 paddlex-serve: `paddlex --serve` against jobs/serve.py, each with its default settings, one after
 the other on the same port, at 1, 8 and 32 closed-loop clients (req/s, p50, p99, errors).
