@@ -8,6 +8,7 @@
     python jobs/benchmark.py bulk                          # 200 and 2000 images
     python jobs/benchmark.py plan                          # planning 10k, 100k, 1M inputs
     python jobs/benchmark.py serve                         # 1, 8, 32 clients, batching on and off
+    python jobs/benchmark.py overload --model-dir raysegment/data/models/PP-LiteSeg-T_camvid   # 256 clients: 200 or 503
     python jobs/benchmark.py multiplex --model-dir raysegment/data/models/PP-LiteSeg-T_camvid   # 3 models, one app
     python jobs/benchmark.py slide                         # 2048, 4096, 10000 px squares: slide mode against whole-image
     python jobs/benchmark.py models                        # all 20 models: params, GFLOPs, CPU images/s

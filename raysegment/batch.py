@@ -28,6 +28,7 @@ from .data.metrics import ConfusionMatrix
 from .data.pdf import is_pdf
 from .data.sources import check_inputs, list_inputs, load_pages
 from .infer.model_files import read_model_folder
+from .telemetry import bulk_inputs
 from .ray_env import READ_CPUS, Cluster, init_ray, predict_actors
 
 
@@ -115,6 +116,8 @@ class PredictActor(PredictorActor):
             except (ImageError, storage.StorageError) as e:
                 errors[i] = f"{type(e).__name__}: {e}"
         status = ["error" if e else "done" for e in errors]
+        for outcome in {*status}:
+            bulk_inputs().inc(status.count(outcome), {"status": outcome})
         engine = self.predictor.engine
         return {"uri": batch["uri"], "status": np.array(status, dtype=object), "outputs": np.array(outputs, dtype=object),
                 "error": np.array(errors, dtype=object), "engine": np.array([engine.run_mode] * len(status), dtype=object),

@@ -5,11 +5,14 @@ import atexit
 import contextlib
 import functools
 import http.server
+import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 
 import cv2
 import numpy as np
@@ -184,6 +187,17 @@ def ray_local(s3_server):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def post(url, body, content_type="application/json"):
+    """(status, parsed JSON) of a POST; error statuses are answers too."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def write_label(path, label):

@@ -4,7 +4,6 @@ import base64
 import concurrent.futures
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
 
@@ -17,17 +16,12 @@ import raysegment
 from raysegment.config import ConfigError
 from raysegment.infer import decode_mask
 
-from conftest import jpeg_bytes, pdf_bytes, png_bytes, random_image, serve_folder
+from conftest import jpeg_bytes, pdf_bytes, png_bytes, post, random_image, serve_folder
+from local_cluster import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIXEL_LIMIT = 300 * 300
 BODY_LIMIT = 1_000_000
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,8 @@ def service(ray_local, inference_dir, maskformer_dir, www):
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
     # one replica each: three apps share the test's 2-CPU Ray (the default sizes one app for the whole cluster)
     common = {"model_dir": inference_dir, "num_replicas": 1, "cpus_per_replica": 0.5, "threads_per_replica": 1, "max_batch_size": 4,
-              "batch_wait_timeout_s": 0.02, "max_image_pixels": PIXEL_LIMIT, "max_body_bytes": BODY_LIMIT}
+              "batch_wait_timeout_s": 0.02, "max_image_pixels": PIXEL_LIMIT, "max_body_bytes": BODY_LIMIT,
+              "max_queued_requests": 64}  # room for the 50-request burst below (backpressure: test_serve_operations.py)
     serve.run(build_app(common), name="seg", route_prefix="/")
     allowed = www.split("//")[1]
     # the URL app also slides (128 x 128 windows): every image of the URL tests is smaller than that
@@ -87,17 +82,6 @@ def many_models(inference_dir, maskformer_dir):
 @pytest.fixture(scope="module")
 def model(inference_dir):
     return raysegment.create_model(model_dir=inference_dir)
-
-
-def post(url, body, content_type="application/json"):
-    """(status, parsed JSON) of a POST; error statuses are answers too."""
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def b64(data):
@@ -345,6 +329,11 @@ def test_build_app_refuses_bad_args(inference_dir, tmp_path):
     hpi = load_serve_config(None, ["use_hpip=true", "hpi_config.backend=openvino", "hpi_config.backend_config.precision=bf16"],
                             model_dir=inference_dir)
     assert (hpi.engine_spec().engine, hpi.engine_spec().precision) == ("openvino", "bf16")  # PaddleX's hpi keys reach replicas
+    for value, says in [(-2, r"max_queued_requests: -2 is below the minimum -1"), (0, r"max_queued_requests is 0; Serve takes -1")]:
+        with pytest.raises(ConfigError, match=says):
+            load_serve_config(None, [f"max_queued_requests={value}"], model_dir=inference_dir)
+    with pytest.raises(ConfigError, match=r"unknown key 'retry_after'.*did you mean 'retry_after_s'"):
+        load_serve_config(None, ["retry_after=3"], model_dir=inference_dir)
     with pytest.raises(ConfigError, match="precision int8 needs engine_config.calibration_images"):
         load_serve_config(None, ["engine_config.precision=int8"], model_dir=inference_dir)
     with pytest.raises(ConfigError, match="calibration_images applies to precision int8, not bf16"):

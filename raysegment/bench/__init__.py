@@ -6,7 +6,8 @@ machine. One module a benchmark; `python jobs/benchmark.py NAME --help` lists ea
     bulk           the bulk job at N and 10 N images against the compute limit (bulk.py)
     plan           planning a bulk job of 10k, 100k, 1M inputs (plan.py)
     slide          one huge image, slide mode against whole-image inference (slide.py)
-    serve          closed-loop load test of the Serve app (serve.py); multiplex: many models, one app
+    serve          closed-loop load test of the Serve app (serve.py); multiplex: many models, one app;
+                   overload: the default app at 256 clients, 503s with Retry-After
     train          Ray Train 1 and 2 workers against the bare training step (train.py)
     models         every registered model: params, GFLOPs, CPU images/s per engine (models.py)
     paddlex        the bulk job against PaddleX; paddlex-serve: the Serve app against `paddlex --serve` (paddlex.py)
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "slide": ("one huge image: slide mode against whole-image inference, seconds and peak RSS", slide.bench_slide,
               slide.slide_arguments),
     "serve": ("closed-loop load test of the Serve app", serve.bench_serve, serve.serve_arguments),
+    "overload": ("the default Serve app under 256 clients: 200s or fast 503s", serve.bench_overload, serve.overload_arguments),
     "multiplex": ("many models behind one Serve app: cold and hot requests", serve.bench_multiplex, serve.multiplex_arguments),
     "models": ("every registered model: params, GFLOPs, CPU images/s", models.bench_models, models.models_arguments),
     "paddlex": ("whole-process bulk prediction against PaddleX", paddlex.bench_paddlex, paddlex.paddlex_arguments),

@@ -21,45 +21,54 @@ from .common import (
 )
 
 
-def load_test(url, bodies, clients, max_requests, max_seconds, headers=({},)):
+def load_test(url, bodies, clients, max_requests, max_seconds, headers=({},), timeout_s=120):
     """Closed loop: `clients` threads, each with its own keep-alive connection, send the next body as
-    soon as their previous answer is in, until `max_requests` are sent or `max_seconds` pass.
-    Request i carries headers[i % len(headers)] (e.g. a model id). Returns requests/s, p50 and p99
-    latency (ms) and the count of non-200 or non-zero errorCode answers."""
+    soon as their previous answer is in (after a 503, once its Retry-After has passed, as a polite
+    client does), until `max_requests` are sent or `max_seconds` pass. Request i carries
+    headers[i % len(headers)] (e.g. a model id). Returns requests/s and p50/p99 latency (ms) of the
+    successful answers, the count of the others (`errors`), and the answers by status: 200, 503,
+    other statuses, and connection errors or timeouts ("no answer")."""
+    import collections
     import http.client
     import itertools
     import threading
+    import time
     from urllib.parse import urlparse
 
     import numpy as np
 
     host, port = urlparse(url).hostname, urlparse(url).port
     tickets, lock = itertools.count(), threading.Lock()
-    latencies, errors = [], []
+    latencies, errors, statuses, rejected = [], [], collections.Counter(), []
     clock = Stopwatch()
 
     def client():
-        conn = http.client.HTTPConnection(host, port, timeout=120)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
         while True:
             with lock:
                 i = next(tickets)
             if i >= max_requests or clock() > max_seconds:
                 break
-            request = Stopwatch()
+            request, retry_after = Stopwatch(), None
             try:
                 conn.request("POST", "/semantic-segmentation", bodies[i % len(bodies)],
                              {"Content-Type": "application/json", **headers[i % len(headers)]})
                 resp = conn.getresponse()
-                answer = resp.read()
+                answer, status = resp.read(), resp.status
+                retry_after = resp.getheader("Retry-After")
                 # the envelope's errorCode: first in ours, last in PaddleX's
-                ok = resp.status == 200 and re.search(rb'"errorCode":\s*0[,}]', answer[:200] + answer[-200:]) is not None
+                ok = status == 200 and re.search(rb'"errorCode":\s*0[,}]', answer[:200] + answer[-200:]) is not None
             except OSError as e:
-                ok, answer = False, repr(e).encode()
+                ok, answer, status = False, repr(e).encode(), "no answer"
                 conn.close()
-                conn = http.client.HTTPConnection(host, port, timeout=120)
+                conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
             with lock:
                 (latencies if ok else errors).append(request() if ok else answer[:200])
-        conn.close()
+                statuses[status] += 1
+                if status == 503:
+                    rejected.append((request(), retry_after))
+            if status == 503 and retry_after:
+                time.sleep(float(retry_after))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
@@ -70,6 +79,9 @@ def load_test(url, bodies, clients, max_requests, max_seconds, headers=({},)):
     lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {"requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)), "errors": len(errors), "requests": len(latencies) + len(errors),
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "p99_503_ms": float(np.percentile([r[0] for r in rejected], 99) * 1000) if rejected else None,
+            "retry_after": sorted({r[1] for r in rejected}, key=str),
             "first_error": errors[0].decode(errors="replace") if errors else None}
 
 
@@ -141,6 +153,49 @@ def bench_serve(args, work):
             "label_map_encoding_ms": {"orjson": fast, "json_tolist": slow, "shape": [1024, 2048]}}
 
 
+def bench_overload(args, work):
+    """The default app (no options but the model) under a bounded overload: --clients closed-loop
+    clients for --seconds against 32 clients, then one client right after. Every request should get
+    a 200 or a fast 503 with Retry-After (clients wait that long before their next request), none
+    a timeout or another status, and the 200s' p99 stay within 2x the 32-client p99."""
+    import base64
+
+    import ray
+    from ray import serve
+
+    from ..config import ServeOptions
+    from ..serve import build_app
+
+    model_dir, model_name = model_folder(args, work)
+    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
+    bodies = [json.dumps({"image": base64.b64encode(open(p, "rb").read()).decode(), "visualize": False}).encode() for p in samples]
+    defaults = ServeOptions()
+    url = start_local_serve(os.cpu_count(), request_timeout_s=defaults.request_timeout_s)
+    serve.run(build_app({"model_dir": model_dir}), name="bench", route_prefix="/")
+    load_test(url, bodies, 4, 16, 120)  # warm-up: every replica's first forward pass
+    rows = {"32 clients": load_test(url, bodies, 32, 10**6, args.seconds),
+            f"{args.clients} clients": load_test(url, bodies, args.clients, 10**6, args.seconds),
+            "1 client, right after": load_test(url, bodies, 1, 8, 60)}
+    serve.shutdown()
+    ray.shutdown()
+    normal, overload, after = rows.values()
+    checks = {"only 200 and 503 under overload": set(overload["statuses"]) <= {"200", "503"},
+              "p99 of 200s within 2x the 32-client p99": overload["p99_ms"] <= 2 * normal["p99_ms"],
+              "every answer right after is a 200": after["statuses"] == {"200": after["requests"]}}
+    print_table(f"overload benchmark: the default app (max_ongoing_requests {defaults.max_ongoing_requests}, max_queued_requests "
+                f"{defaults.max_queued_requests}, Retry-After {defaults.retry_after_s:g} s), {model_name}, {os.cpu_count()} CPUs, "
+                f"POST /semantic-segmentation 480x360 JPEGs; closed loop, {args.seconds:g} s per row",
+                ("clients", "200/s", "p50 ms", "p99 ms", "answers by status", "503 p99 ms"),
+                [(name, r["requests_per_s"], round(r["p50_ms"]), round(r["p99_ms"]),
+                  ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items())),
+                  round(r["p99_503_ms"]) if r["p99_503_ms"] is not None else "") for name, r in rows.items()])
+    for check, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {check}")
+    return {"model": model_name, "rows": rows, "checks": checks,
+            "settings": {"max_ongoing_requests": defaults.max_ongoing_requests, "max_queued_requests": defaults.max_queued_requests,
+                         "retry_after_s": defaults.retry_after_s}}
+
+
 def bench_multiplex(args, work):
     """Many models behind one Serve app: the first request for each model (it loads), requests/s on
     a loaded model, and requests/s cycling over the models with room for all of them on every
@@ -199,3 +254,9 @@ def multiplex_arguments(p):
     p.add_argument("--models", type=int, default=3, help="model ids (copies of the model folder; default 3)")
     p.add_argument("--requests", type=int, default=120, help="most requests per row")
     p.add_argument("--seconds", type=float, default=30, help="most seconds per row")
+
+
+def overload_arguments(p):
+    add_inputs(p, model=True)
+    p.add_argument("--clients", type=int, default=256, help="concurrent clients of the overload row (default 256)")
+    p.add_argument("--seconds", type=float, default=30, help="seconds per row (default 30)")

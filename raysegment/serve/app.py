@@ -8,25 +8,45 @@ import base64
 import logging
 import os
 import re
+import time
 import uuid
 
 import orjson
 
 from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
 from ..config import ServeOptions, parse_options
 from ..data.image import encode_image
 from ..data.pdf import is_pdf
+from ..data.labels import PALETTE
 from ..data.visualize import colorize
 from ..infer.model_files import read_model_folder
+from ..telemetry import service as service_metrics
 from ..ray_env import Cluster, Placement, init_ray, serve_replicas
 from .protocol import (RequestError, decode, envelope, image_bytes, json_response, mask_fields, media_type,
                        parse_target_size, read_body, render_pdf)
 
 log = logging.getLogger(__name__)
 api = FastAPI(title="raysegment", docs_url=None, redoc_url=None)
+
+
+@api.middleware("http")
+async def _measured(request, call_next):
+    """Every answer counted by route, model and status, and timed (raysegment/telemetry.py)."""
+    started, status = time.perf_counter(), 500  # an unexpected error is answered 500 outside this middleware
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        route = request.scope.get("route")
+        tags = {"route": getattr(route, "path", None) or "unmatched", "model": getattr(request.state, "model", None) or "default"}
+        metrics = service_metrics()
+        metrics.requests.inc(1, {**tags, "status": str(status)})
+        metrics.request_seconds.observe(time.perf_counter() - started, tags)
 
 
 @api.exception_handler(RequestError)
@@ -68,25 +88,30 @@ class Segmenter:
         # and routes requests with a model id to replicas that hold that model
         self.open_model = serve.multiplexed(max_num_models_per_replica=o.max_models_per_replica)(open_model)
         self.device = placement.device
+        self._page = self._ui_page() if o.ui else None
         self.segment.set_max_batch_size(o.max_batch_size)
         self.segment.set_batch_wait_timeout_s(o.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # the real values are set in __init__
     async def segment(self, items):
-        """[(rgb, target_size, model id or "")] -> label maps; the forward runs off the event loop,
-        so requests keep arriving (and decoding) while it computes. A batch is split by model
-        (and target size): only requests for the same model share a forward pass."""
-        predictors = {m: await self.predictor_for(m) for m in {m for _, _, m in items}}
+        """[(rgb, target_size, model id or "", time queued)] -> label maps; the forward runs off the
+        event loop, so requests keep arriving (and decoding) while it computes. A batch is split by
+        model (and target size): only requests for the same model share a forward pass."""
+        predictors = {m: await self.predictor_for(m) for m in {item[2] for item in items}}
         return await asyncio.to_thread(self._predict, items, predictors)
 
     def _predict(self, items, predictors):
-        masks = [None] * len(items)
-        groups = {}
-        for i, (_, size, model_id) in enumerate(items):
+        masks, groups, metrics = [None] * len(items), {}, service_metrics()
+        for i, (_, size, model_id, _) in enumerate(items):
             groups.setdefault((model_id, size), []).append(i)
         for (model_id, size), idx in groups.items():
-            for i, mask in zip(idx, predictors[model_id].predict([items[i][0] for i in idx], target_size=size)):
+            started = time.perf_counter()
+            predictor = predictors[model_id]
+            for i, mask in zip(idx, predictor.predict([items[i][0] for i in idx], target_size=size)):
                 masks[i] = mask
+            model = model_id or "default"
+            metrics.segmented(model, [masks[i] for i in idx], [started - items[i][3] for i in idx], time.perf_counter() - started)
+            metrics.engine.set(1, {"model": model, "engine": predictor.engine.run_mode})
         return masks
 
     def model_id(self, path_id=None, field=None):
@@ -147,7 +172,7 @@ class Segmenter:
             raise RequestError(422, f"unknown field(s) {', '.join(sorted(unknown))}; accepted: image, targetSize, visualize, model")
         if body.get("model") is not None and not isinstance(body["model"], str):
             raise RequestError(422, "field 'model' must be a model id (a string)")
-        model_id = self.model_id(path_id, body.get("model"))
+        model_id = request.state.model = self.model_id(path_id, body.get("model"))
         visualize = body.get("visualize")
         if visualize is not None and not isinstance(visualize, bool):
             raise RequestError(422, "field 'visualize' must be true, false or null")
@@ -157,7 +182,7 @@ class Segmenter:
             raise RequestError(415, "field 'image' holds a PDF; /semantic-segmentation takes one image: POST the PDF's "
                                     "bytes to /predict (Content-Type: application/pdf), which segments every page")
         rgb = await asyncio.to_thread(decode, data, self.opts)
-        mask = await self.segment((rgb, target_size, model_id))
+        mask = await self.segment((rgb, target_size, model_id, time.perf_counter()))
         vis = None
         if visualize if visualize is not None else self.opts.visualize:
             vis = base64.b64encode(encode_image(colorize(mask))).decode()
@@ -173,17 +198,40 @@ class Segmenter:
         return await self._predict_raw(request, model_id)
 
     async def _predict_raw(self, request, path_id):
-        model_id = self.model_id(path_id)
+        model_id = request.state.model = self.model_id(path_id)
         data = await self._bytes_from_request(request)
         predictor = await self.predictor_for(model_id)
         names = predictor.class_names
         head = {"logId": str(uuid.uuid4()), "model": predictor.model_name, "model_id": model_id or None, "class_names": names}
         if is_pdf(data=data):  # every page, each a request to the batcher, answered together
             pages = await asyncio.to_thread(render_pdf, data, self.opts)
-            masks = await asyncio.gather(*(self.segment((rgb, None, model_id)) for rgb in pages))
-            return json_response({**head, "pages": [{"page_index": i, **mask_fields(m, names)} for i, m in enumerate(masks)]})
-        mask = await self.segment((await asyncio.to_thread(decode, data, self.opts), None, model_id))
-        return json_response({**head, **mask_fields(mask, names)})
+            masks = await asyncio.gather(*(self.segment((rgb, None, model_id, time.perf_counter())) for rgb in pages))
+            return json_response({**head, "engine": predictor.engine.run_mode,
+                                  "pages": [{"page_index": i, **mask_fields(m, names)} for i, m in enumerate(masks)]})
+        mask = await self.segment((await asyncio.to_thread(decode, data, self.opts), None, model_id, time.perf_counter()))
+        return json_response({**head, "engine": predictor.engine.run_mode, **mask_fields(mask, names)})
+
+    @api.get("/")
+    async def home(self, request: Request):
+        if not self.opts.ui:
+            raise HTTPException(404, "Not Found (the web page is off: ui false)")
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/ui")  # under the app's route prefix
+
+    @api.get("/ui")
+    async def ui(self):
+        """The web page: upload an image or PDF (or give a URL the policy allows), see the mask over
+        it. It calls /predict and /semantic-segmentation as any client does."""
+        if not self.opts.ui:
+            raise HTTPException(404, "Not Found (the web page is off: ui false)")
+        return HTMLResponse(self._page)
+
+    def _ui_page(self):
+        folders = {"": self.opts.model_dir, **self.models}
+        config = {"palette": PALETTE[:256].tolist(), "models": list(folders), "model_name": self.predictor.model_name,
+                  "class_names": {m: read_model_folder(f).class_names for m, f in folders.items()},
+                  "allow_urls": self.opts.allow_url_inputs}
+        with open(os.path.join(os.path.dirname(__file__), "ui.html"), encoding="utf-8") as f:
+            return f.read().replace("/*CONFIG*/null", orjson.dumps(config).decode().replace("</", "<\\/"))
 
     @api.get("/health")
     async def health(self):
@@ -216,8 +264,9 @@ def app_for(opts):
     # sized to the cluster (unset counts and CPUs chosen, a set value that cannot fit refused) before anything deploys
     placement = serve_replicas(opts, Cluster.of(init_ray()))
     scaling = {"autoscaling_config": opts.autoscaling} if opts.autoscaling else {"num_replicas": placement.count}
-    deployment = Segmenter.options(max_ongoing_requests=opts.max_ongoing_requests, **scaling,
-                                   ray_actor_options=placement.ray_options)
+    deployment = Segmenter.options(max_ongoing_requests=opts.max_ongoing_requests, max_queued_requests=opts.max_queued_requests,
+                                   backpressure_config={"status_code": 503, "retry_after_s": opts.retry_after_s},
+                                   **scaling, ray_actor_options=placement.ray_options)
     return deployment.bind(opts, placement)
 
 
