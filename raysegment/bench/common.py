@@ -171,12 +171,11 @@ def run_measured(cmd, env=None):
 
 
 def run_bulk_job(model_dir, images, out, batch_size, layout=None):
-    """The bulk job (`python -m raysegment`, as jobs/predict.py) in a fresh process (its own local Ray): with no tuning flags (layout None:
+    """The bulk job (jobs/predict.py) in a fresh process (its own local Ray): with no tuning flags (layout None:
     the actors, CPUs and threads it sizes itself), or `layout` = (actors, threads per actor), each
     actor reserving an equal share of the CPUs. Returns (summary, peak RSS sum, peak PSS sum)."""
     cpus = os.cpu_count()
-    cmd = [sys.executable, "-m", "raysegment", "-o", "Global.mode=predict", "-o", f"Predict.model_dir={model_dir}",
-           "-o", f"Predict.input={images}", "-o", f"Predict.output={out}",
+    cmd = [sys.executable, os.path.join(JOBS, "predict.py"), "--model-dir", model_dir, "--input", images, "--output", out,
            "-o", f"Predict.batch_size={batch_size}"]
     if layout:
         actors, threads = layout

@@ -151,13 +151,28 @@ def bench_paddlex_serve(args, work):
             except subprocess.TimeoutExpired:
                 proc.kill()
     ratio = rows["raysegment, 32 clients"]["requests_per_s"] / rows["paddlex, 32 clients"]["requests_per_s"] if not args.skip_paddlex else None
+    limit = compute_limit(model_dir, samples)
     print_table(f"paddlex-serve benchmark: POST /semantic-segmentation, base64 JPEGs 480x360, visualize false, {name}, "
                 f"default settings of both, {os.cpu_count()} CPUs; closed loop, at most {args.requests} requests or {args.seconds:g} s per row",
                 ("server, clients", "req/s", "p50 ms", "p99 ms", "errors", "requests"),
                 [(k, r["requests_per_s"], round(r["p50_ms"]), round(r["p99_ms"]), r["errors"], r["requests"]) for k, r in rows.items()])
     if ratio:
         print(f"raysegment / PaddleX at 32 clients: {ratio:.2f}")
-    return {"model": name, "rows": rows, "raysegment_over_paddlex_32": ratio}
+    over_limit = rows["raysegment, 32 clients"]["requests_per_s"] / limit
+    print(f"compute limit (bare forward of the same images, best CPU layout): {limit:.2f} images/s; "
+          f"raysegment at 32 clients / compute limit: {over_limit:.2f}")
+    return {"model": name, "rows": rows, "raysegment_over_paddlex_32": ratio, "compute_limit_images_per_s": limit,
+            "raysegment_32_over_compute_limit": over_limit}
+
+
+def compute_limit(model_dir, images, n=40):
+    """images/s of the bare forward (pre-decoded, the default engine) on `images` cycled to n, the
+    faster of one process with every CPU's threads and one single-thread process per CPU."""
+    from .bulk import bare_forward_rate
+
+    paths = [images[i % len(images)] for i in range(n)]
+    cpus = os.cpu_count()
+    return max(bare_forward_rate(model_dir, paths, 1, cpus, 1), bare_forward_rate(model_dir, paths, cpus, 1, 1))
 
 
 def paddlex_arguments(p):
