@@ -127,7 +127,7 @@ PATH = re.compile(r"(?<![\w/.$-])((?:raysegment|jobs|configs|cluster|tests|docs)
 def test_every_file_the_readme_and_docs_name_exists():
     """Paths in the README and the docs (a sample image, a config, a job) are the repository's."""
     missing = []
-    for doc in [README] + [os.path.join(ROOT, "docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))]:
+    for doc in [README] + [os.path.join(ROOT, "docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")]:
         with open(doc, encoding="utf-8") as f:
             text = f.read()
         for path in set(PATH.findall(text)):
