@@ -58,20 +58,27 @@ def _work_dir(path):
     return path + ".work"
 
 
+def run_child(cmd, path, timeout_s):
+    """Run `cmd` (a python -m child that writes `path`): (whether it did, its output lines without
+    warnings). A child that aborts or hangs cannot take the calling process down with it."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        ok, output = done.returncode == 0 and os.path.isfile(path), done.stderr + done.stdout
+    except subprocess.TimeoutExpired:
+        ok, output = False, f"timed out after {timeout_s} s"
+    return ok, [line.strip() for line in output.splitlines() if line.strip() and "warn" not in line.lower()]
+
+
 def _convert_in_child(model_dir, path, shape, failed):
     cmd = [sys.executable, "-m", __name__, model_dir, path, *map(str, shape or ())]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S)
-        ok, output = done.returncode == 0 and os.path.isfile(path), done.stderr + done.stdout
-    except subprocess.TimeoutExpired:
-        ok, output = False, f"timed out after {CONVERT_TIMEOUT_S} s"
+        ok, lines = run_child(cmd, path, CONVERT_TIMEOUT_S)
     finally:
         shutil.rmtree(_work_dir(path), ignore_errors=True)
     if not ok:
-        lines = [line.strip() for line in output.splitlines() if line.strip() and "warn" not in line.lower()]
         # paddle2onnx's own "[ERROR][Paddle2ONNX] [OP: ...] why" first, then a Python exception's last line
         reason = " ".join(line.removeprefix("[ERROR][Paddle2ONNX] ") for line in lines if line.startswith("[ERROR]")) \
-            or (lines[-1] if lines else f"exit status {done.returncode}")
+            or (lines[-1] if lines else "the child exited without a message")
         with open(failed, "w", encoding="utf-8") as f:
             f.write(f"paddle2onnx cannot convert {model_dir} ({_shape_tag(shape)}): {reason[:300]}")
 

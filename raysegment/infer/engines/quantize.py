@@ -24,12 +24,12 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 from ...storage import file_lock
+from .conversion import run_child
 
 MIOU_MARGIN = 0.05  # int8 must keep mIoU >= 0.95 against fp32's masks on the held-out images
 MIN_IMAGES = 16
@@ -102,14 +102,10 @@ def _quantize_in_child(model_dir, fp32_path, path, shape, uris, failed):
         f.write("\n".join(uris))
     cmd = [sys.executable, "-m", __name__, model_dir, fp32_path, path, *map(str, shape), f.name, str(MIOU_MARGIN)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=QUANTIZE_TIMEOUT_S)
-        ok, output = done.returncode == 0 and os.path.isfile(path), done.stderr + done.stdout
-    except subprocess.TimeoutExpired:
-        ok, output = False, f"timed out after {QUANTIZE_TIMEOUT_S} s"
+        ok, lines = run_child(cmd, path, QUANTIZE_TIMEOUT_S)
     finally:
         os.unlink(f.name)
     if not ok and not os.path.isfile(failed):  # the child writes its own verdict when the check fails
-        lines = [line.strip() for line in output.splitlines() if line.strip() and "warn" not in line.lower()]
         with open(failed, "w", encoding="utf-8") as f:
             f.write(f"int8 quantization of {model_dir} failed: {(lines[-1] if lines else 'no output')[:300]}")
 
