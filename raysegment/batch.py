@@ -29,6 +29,7 @@ from .data.pdf import is_pdf
 from .data.sources import check_inputs, list_inputs, load_pages
 from .infer.model_files import read_model_folder
 from .telemetry import bulk_inputs
+from .dry_run import REPORT_TIMEOUT_S
 from .ray_env import READ_CPUS, Cluster, init_ray, predict_actors
 
 
@@ -84,7 +85,7 @@ class PredictorActor:
 
         self.batch_size = predict.batch_size
         self.max_pixels, self.max_bytes = predict.max_image_pixels, predict.max_image_bytes
-        self.predictor = Predictor.load(model_dir, predict, placement.device, placement.threads)
+        self.predictor = Predictor.load(model_dir, predict, placement.compute_device, placement.threads)
 
     def predict_good_rows(self, batch):
         """(indices of the rows read without error, their label maps)."""
@@ -134,6 +135,21 @@ class PredictActor(PredictorActor):
         stem, ext = os.path.splitext(rel)
         return [name for (index, img), mask in zip(pages, masks)
                 for name in self.writer.write(uri, f"{stem}_{index}{ext}", img, mask, timings, page_index=index)]
+
+
+class PlanActor:
+    """A dry run's stand-in for PredictActor (raysegment/dry_run.py), placed by the same pool
+    options: it reports what it was given and what its Predictor would run (Predictor.plan), and
+    loads nothing."""
+
+    def __init__(self, model_dir, predict, placement, reports):
+        from .dry_run import process_view
+        from .infer import Predictor
+
+        reports.put({**process_view(), **Predictor.plan(model_dir, predict, placement.compute_device, placement.threads)})
+
+    def __call__(self, batch):
+        return {"uri": batch["uri"]}
 
 
 class EvalActor(PredictorActor):
@@ -221,6 +237,33 @@ def predict_bulk(cfg, progress=None):
                        "images_per_s": round(processed / elapsed, 3) if processed else 0.0, "model": info.model_name,
                        "model_dir": p.model_dir, "engine": sorted(engines),
                        "engine_reasons": sorted(reasons), "output": p.output, "config": cfg.to_dict()})
+
+
+def plan_bulk(cfg):
+    """A dry run of predict_bulk(cfg): its actor pool started as the job starts it, each actor
+    reporting its GPUs, device and engines (PlanActor); the inputs are listed and counted, and
+    nothing is read, predicted or written."""
+    from .dry_run import collect, placement_fields, reports_queue
+
+    p = cfg.Predict
+    if not p.model_dir:
+        raise ValueError("set Predict.model_dir (--model-dir)")
+    read_model_folder(p.model_dir)
+    inputs = sum(1 for _ in list_inputs(p.input)) if p.input else None
+    ray = init_ray(cfg.Ray.address)
+    placement, read, pool = _actor_pool(ray, cfg)
+    context = ray.data.DataContext.get_current()
+    waited = context.wait_for_min_actors_s
+    context.wait_for_min_actors_s = REPORT_TIMEOUT_S  # every actor of the pool starts before a row moves
+    queue = reports_queue()
+    try:
+        rows = [{"uri": f"planned-{i}"} for i in range(placement.count)]
+        ray.data.from_items(rows).map_batches(PlanActor, fn_constructor_args=(p.model_dir, p, placement, queue), **pool).materialize()
+        processes = collect(queue, placement.count, "bulk actors")
+    finally:
+        context.wait_for_min_actors_s = waited
+    return {"placement": placement_fields(placement), "read_step": read, "inputs": inputs,
+            "batch_size": pool["batch_size"], "processes": processes}
 
 
 def evaluate(cfg, progress=None):

@@ -117,6 +117,12 @@ class Placement:
     def ray_options(self):
         return {"num_cpus": self.cpus, "num_gpus": self.gpus}
 
+    @property
+    def compute_device(self):
+        """The device each process hands Paddle and the engines: Ray sets a GPU process's
+        CUDA_VISIBLE_DEVICES to the GPU it reserved, so that GPU is always the process's gpu:0."""
+        return "gpu:0" if self.device == "gpu" else "cpu"
+
 
 def parse_device(device):
     """'cpu' | 'gpu' | 'gpu:N' | 'gpu:0,1,2,3' -> ('cpu' | 'gpu', number of GPUs listed or None)."""
@@ -288,13 +294,15 @@ def tune_trials(cfg, cluster, trials, max_concurrent=None):
     return placement, trial_resources, concurrent
 
 
-def init_ray(address=None, worker_logs=True):
+def init_ray(address=None, worker_logs=True, **local):
     """Connect to `address` (or RAY_ADDRESS, or a cluster `ray start` began on this machine), else
     start a local Ray; a no-op when already connected. A local Ray starts without the dashboard:
     its head process and ten module processes held ~1 GB (RSS; 280 MB PSS) of a 300-image bulk
     job's 3.6 GB on a laptop. To watch a job in the dashboard, `ray start --head` first; jobs then
     connect to it. worker_logs: what the workers print (training's progress lines) reaches this
-    driver's output, and so `ray job logs`; the service turns it off (its replicas' access logs)."""
+    driver's output, and so `ray job logs`; the service turns it off (its replicas' access logs).
+    local: ray.init's resource arguments (num_cpus, num_gpus) for a local Ray this call starts; a
+    dry run on a machine without GPUs declares some (jobs/gpu_check.py --dry-run)."""
     import logging
 
     import ray
@@ -302,7 +310,8 @@ def init_ray(address=None, worker_logs=True):
     if not ray.is_initialized():
         # said on every local start with token auth on (Ray 2.60's default); nothing to do about it here
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=worker_logs)
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        ray.init(address=address, include_dashboard=False, log_to_driver=worker_logs, **({} if address else local))
         if _filter_stderr:
             _drop_known_noise()
     return ray

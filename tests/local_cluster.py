@@ -82,20 +82,22 @@ class LocalCluster:
         subprocess.run([f"{BIN}/ray", "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *ports, *args],
                        env=self.env, check=True, capture_output=True, timeout=120)
 
-    def start(self, workers=3):
+    def start(self, workers=3, cpus=1, gpus=0):
         self._ray_start("--head", "--num-cpus=0", f"--port={self.port}", f"--dashboard-port={self.dashboard_port}",
                         "--dashboard-host=127.0.0.1", f"--ray-client-server-port={self.client_port}", f"--temp-dir={self.root}")
         for _ in range(workers):
-            self.add_worker()
+            self.add_worker(cpus, gpus)
         self.wait_for_nodes(workers + 1)
         return self
 
-    def add_worker(self, cpus=1):
+    def add_worker(self, cpus=1, gpus=0):
         # a temp folder of its own, as a separate machine would have: nodes that share one also
         # share runtime_resources/, and one node's clean-up deleted the job's unpacked working
         # directory from under another node's actors (FileNotFoundError from os.getcwd())
         self.workers_started += 1
-        self._ray_start(f"--address=127.0.0.1:{self.port}", f"--num-cpus={cpus}", f"--temp-dir={self.root}/n{self.workers_started}")
+        # gpus: GPUs the node declares (Ray hands them out and sets CUDA_VISIBLE_DEVICES; none need exist)
+        self._ray_start(f"--address=127.0.0.1:{self.port}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+                        f"--temp-dir={self.root}/n{self.workers_started}")
 
     def nodes(self):
         """[(node_id, raylet pid, CPUs)] of this cluster's live raylets."""

@@ -10,9 +10,10 @@ import numpy as np
 
 from ..data import transforms as T
 from ..models import build_model, check_model_name, load_weights
-from .engines.choice import open_engine
+from .engines.choice import engine_plan, open_engine
 from .engines.paddle import LayerEngine, resolve_device
 from .model_files import ModelFolderError, ModelInfo, read_model_folder
+from ..ray_env import process_cpus
 from .options import InferenceOptions, check_target_size
 
 # PaddleX's Resize defaults when a target size is asked for and the folder has no Resize transform.
@@ -53,6 +54,23 @@ class Predictor:
             load_weights(layer, info.params_file)
             engine = LayerEngine(layer, device, spec.cpu_threads)
         return cls(engine, info, options.target_size, options.slide)
+
+    @classmethod
+    def plan(cls, model_dir, options=None, device="cpu", threads=None):
+        """What load() would run `model_dir` with on `device` ('cpu' or 'gpu:N', taken as given:
+        nothing asks CUDA): {"device", "threads", "model", "engines": engine_plan's list}. A dry
+        run's bulk actors and Serve replicas report it."""
+        options = options or InferenceOptions()
+        spec = options.engine_spec(threads)
+        info = read_model_folder(model_dir)
+        kind, _, index = str(device).partition(":")
+        where = ("gpu", int(index or 0)) if kind == "gpu" else ("cpu", None)
+        threads = spec.cpu_threads or threads or process_cpus()
+        if info.graph_file:
+            engines = engine_plan(where, spec, threads)
+        else:
+            engines = [{"engine": "paddle", "role": "engine", "mode": "dygraph", "device": device}]
+        return {"device": device, "threads": threads, "model": info.model_name, "engines": engines}
 
     @classmethod
     def from_layer(cls, layer, model_name, class_names, transforms=None, device="cpu", target_size=None, cpu_threads=None):

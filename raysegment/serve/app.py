@@ -76,7 +76,7 @@ class Segmenter:
         self.opts = o = opts  # parsed and checked once, by build_app; the placement sized there too
 
         def load(folder):
-            return Predictor.load(folder, o, placement.device, placement.threads)
+            return Predictor.load(folder, o, placement.compute_device, placement.threads)
 
         self.predictor = load(o.model_dir)  # the default model: PaddleX's routes without a model id
         self.models = dict(o.models or {})
@@ -256,18 +256,38 @@ def build_app(args=None):
     return app_for(parse_options(ServeOptions, args, "args"))
 
 
-def app_for(opts):
-    """The Serve application for checked ServeOptions. Replica count, autoscaling and resources come
-    from the same options; a Serve config's own `deployments:` entries still override them, as
-    Serve does."""
+@serve.deployment
+class PlannedReplica:
+    """A dry run's stand-in for Segmenter (raysegment/dry_run.py), deployed with the same options:
+    it reports what it was given and what its Predictor would run (Predictor.plan), and loads nothing."""
+
+    def __init__(self, opts: ServeOptions, placement: Placement, reports):
+        from ..dry_run import process_view
+        from ..infer import Predictor
+
+        reports.put({**process_view(), **Predictor.plan(opts.model_dir, opts, placement.compute_device, placement.threads)})
+
+    async def __call__(self, request):
+        return {"dry_run": True}
+
+
+def replicas(opts):
+    """The replicas' Placement for checked ServeOptions, sized to the cluster (unset counts and CPUs
+    chosen, a set value that cannot fit refused) before anything deploys."""
+    return serve_replicas(opts, Cluster.of(init_ray()))
+
+
+def app_for(opts, replica=Segmenter, *extra):
+    """The Serve application for checked ServeOptions: `replica` deployed with the options' count
+    (or autoscaling), resources and limits, bound to (opts, placement, *extra). A Serve config's own
+    `deployments:` entries still override them, as Serve does."""
     check_folders(opts)
-    # sized to the cluster (unset counts and CPUs chosen, a set value that cannot fit refused) before anything deploys
-    placement = serve_replicas(opts, Cluster.of(init_ray()))
+    placement = replicas(opts)
     scaling = {"autoscaling_config": opts.autoscaling} if opts.autoscaling else {"num_replicas": placement.count}
-    deployment = Segmenter.options(max_ongoing_requests=opts.max_ongoing_requests, max_queued_requests=opts.max_queued_requests,
-                                   backpressure_config={"status_code": 503, "retry_after_s": opts.retry_after_s},
-                                   **scaling, ray_actor_options=placement.ray_options)
-    return deployment.bind(opts, placement)
+    deployment = replica.options(max_ongoing_requests=opts.max_ongoing_requests, max_queued_requests=opts.max_queued_requests,
+                                 backpressure_config={"status_code": 503, "retry_after_s": opts.retry_after_s},
+                                 **scaling, ray_actor_options=placement.ray_options)
+    return deployment.bind(opts, placement, *extra)
 
 
 def check_folders(opts):

@@ -9,7 +9,7 @@ from ray import serve
 
 from ..config import ServeOptions, parse_options
 from ..ray_env import init_ray
-from .app import APP_IMPORT_PATH, app_for, check_folders
+from .app import APP_IMPORT_PATH, PlannedReplica, app_for, check_folders, replicas
 
 
 def load_serve_config(path=None, overrides=(), **flags):
@@ -62,14 +62,15 @@ def serve_forever(opts, ray_address=None, what=None, name="segmentation"):
     print(f"{stop[0] if stop else 'stopped'}: service shut down", flush=True)
 
 
-def start(opts, ray_address=None, name="segmentation", route_prefix="/"):
-    """Deploy the app for `opts` (ServeOptions) on Ray (connecting or starting a local one) with
-    its HTTP proxy on opts.host:opts.port; returns the base URL. `serve.delete(name)` stops it. A
-    replica that fails to start is a ValueError with the replica's own message."""
+def start(opts, ray_address=None, name="segmentation", route_prefix="/", app=None):
+    """Deploy the app for `opts` (ServeOptions; `app`: one app_for made from them) on Ray
+    (connecting or starting a local one) with its HTTP proxy on opts.host:opts.port; returns the
+    base URL. `serve.delete(name)` stops it. A replica that fails to start is a ValueError with the
+    replica's own message."""
     init_ray(ray_address)
     serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s})
     try:
-        serve.run(app_for(opts), name=name, route_prefix=route_prefix)
+        serve.run(app or app_for(opts), name=name, route_prefix=route_prefix)
     except RuntimeError as e:  # "Deploying application ... failed": the reason is in the app's status
         raise ValueError(_deploy_failure(name) or str(e)) from None
     return f"http://{opts.host}:{opts.port}"
@@ -84,3 +85,21 @@ def _deploy_failure(name):
     lines = [line.strip() for m in messages for line in m.splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
     return f"the service did not start: {errors[-1] if errors else lines[-1] if lines else 'no reason given'}"
+
+
+def plan(opts, ray_address=None, name="dry-run"):
+    """A dry run of the service (raysegment/dry_run.py): its replicas deployed as start() deploys
+    them (count, CPUs, GPUs, limits), each reporting its GPUs, device and engines (PlannedReplica),
+    then the app deleted. No model loads and no route is exposed."""
+    from ..dry_run import collect, placement_fields, reports_queue
+
+    check_folders(opts)
+    init_ray(ray_address)
+    placement, queue = replicas(opts), reports_queue()
+    start(opts, ray_address, name, route_prefix=None, app=app_for(opts, PlannedReplica, queue))
+    try:
+        states = serve.status().applications[name].deployments["PlannedReplica"].replica_states
+        processes = collect(queue, states.get("RUNNING", 0), "Serve replicas")
+    finally:
+        serve.delete(name)
+    return {"placement": placement_fields(placement), "processes": processes}

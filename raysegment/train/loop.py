@@ -203,7 +203,7 @@ def train(cfg, batches=None, rank=0, world_size=1, report=None, resume_dir=None,
     if t.class_weights is not None and is_main:
         log.info("class weights: %s", ", ".join(f"{n} {w:g}" for n, w in zip(class_names, t.class_weights)))
     net, model, opt, state = _build(cfg, world_size, resume_dir or t.resume_path, device)
-    step = TrainingStep(t, net, model, opt, amp=t.amp and device.startswith("gpu"))
+    step = TrainingStep(t, net, model, opt, amp=uses_amp(t, device))
     if batches is None:
         batches = local_batches(split_rows(cfg.Global.dataset_dir, "train"), AugmentSpec.from_train(t), t.batch_size, seed=t.seed)
     val_rows = split_rows(cfg.Global.dataset_dir, "val") if is_main else []
@@ -281,6 +281,17 @@ class TrainingStep:
         return loss
 
 
+def uses_amp(t, device):
+    """Mixed precision (Train.amp) runs on GPUs only: CPU kernels have no fp16 speed-up to give."""
+    return bool(t.amp) and device.startswith("gpu")
+
+
+def uses_sync_batch_norm(device, world_size):
+    """BatchNorm statistics over the global batch (SyncBatchNorm, all-reduced in every layer) on
+    multi-GPU runs; Paddle's SyncBatchNorm has GPU kernels only, so CPU workers keep their own."""
+    return device.startswith("gpu") and world_size > 1
+
+
 def _build(cfg, world_size, resume_dir, device):
     """(net, the model to call: net or its DataParallel wrapper, optimizer, loop state), with
     pretrained weights or a checkpoint loaded."""
@@ -291,7 +302,7 @@ def _build(cfg, world_size, resume_dir, device):
         log.info("pretrained weights %s loaded: %s", t.pretrain_weight_path, loaded)
     model = net
     if world_size > 1:
-        if device.startswith("gpu"):
+        if uses_sync_batch_norm(device, world_size):
             net = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         model = paddle.DataParallel(net)
     opt = make_optimizer(t, net)

@@ -78,9 +78,7 @@ def _worker(config):
     # as_directory: a local checkpoint is read where it lies; a remote one is downloaded to a
     # temporary folder that is removed afterwards (to_directory() would leave a copy in /tmp).
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
-        # Ray gives each GPU worker its GPU as CUDA_VISIBLE_DEVICES: it is always gpu:0 inside
-        train(cfg, batches, rank, world, _report, resume_dir,
-              device="gpu:0" if placement.device == "gpu" else "cpu", cpu_threads=placement.threads)
+        train(cfg, batches, rank, world, _report, resume_dir, device=placement.compute_device, cpu_threads=placement.threads)
 
 
 # Ray Train registers a reported checkpoint only when its controller next polls the workers (every
@@ -211,36 +209,85 @@ def fit(cfg, workers=None):
     cfg = with_class_weights(cfg, rows)  # once here, not on every worker
     if workers is None:
         workers = train_workers(cfg, None if cfg.Ray.num_workers == 0 else Cluster.of(init_ray(cfg.Ray.address)))
-    use_gpu = workers.device == "gpu"
     if workers.count == 0:
         resume = None if cfg.Train.resume_path else newest_local_checkpoint(cfg.Global.output)
         return train(cfg, report=_tune_report() if _in_tune() else None, resume_dir=resume,
-                     device="gpu:0" if use_gpu else "cpu", cpu_threads=workers.threads or None)
+                     device=workers.compute_device, cpu_threads=workers.threads or None)
     check_global_batch(rows, cfg.Train.batch_size, workers.count)
 
     import ray.train
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from ..data.augment import AugmentSpec
 
     out = cfg.Global.output  # absolute: with_absolute_paths
     os.makedirs(out, exist_ok=True)
-    trainer = DataParallelTrainer(
-        _worker,
-        train_loop_config={"cfg": cfg, "placement": workers},
-        backend_config=PaddleConfig(use_gpu=use_gpu),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers.count, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": workers.cpus, **({"GPU": workers.gpus} if use_gpu else {})}),
-        # a fixed name under the output folder: rerunning the same command resumes from the last checkpoint
-        run_config=ray.train.RunConfig(name="ray_train", storage_path=cfg.Ray.storage_path or os.path.join(out, "ray_results"),
-                                       failure_config=ray.train.FailureConfig(max_failures=cfg.Ray.max_failures),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.Train.keep_checkpoints),
-                                       callbacks=_tune_callbacks() if _in_tune() else []),
-        datasets={"train": ray_dataset(rows, AugmentSpec.from_train(cfg.Train))},
-    )
-    trainer.fit()
+    # a fixed name under the output folder: rerunning the same command resumes from the last checkpoint
+    run_config = ray.train.RunConfig(name="ray_train", storage_path=cfg.Ray.storage_path or os.path.join(out, "ray_results"),
+                                     failure_config=ray.train.FailureConfig(max_failures=cfg.Ray.max_failures),
+                                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.Train.keep_checkpoints),
+                                     callbacks=_tune_callbacks() if _in_tune() else [])
+    _trainer(_worker, {"cfg": cfg, "placement": workers}, workers, run_config,
+             datasets={"train": ray_dataset(rows, AugmentSpec.from_train(cfg.Train))}).fit()
     with open(os.path.join(out, "train_result.json")) as f:
         return json.load(f)
+
+
+def _trainer(loop, loop_config, workers, run_config, datasets=None):
+    """The DataParallelTrainer for `workers` (a Placement): one Ray Train worker per process, each
+    reserving its CPUs and GPUs, Paddle's collective environment set by the backend."""
+    import ray.train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    use_gpu = workers.device == "gpu"
+    return DataParallelTrainer(
+        loop, train_loop_config=loop_config, backend_config=PaddleConfig(use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers.count, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": workers.cpus, **({"GPU": workers.gpus} if use_gpu else {})}),
+        run_config=run_config, datasets=datasets)
+
+
+def plan(cfg, workers=None):
+    """A dry run of fit(cfg) (raysegment/dry_run.py): the Ray Train workers placed as fit places
+    them, each reporting its rank, the GPUs it sees, the device train() would get, the collective
+    backend, SyncBatchNorm and AMP; nothing is read or trained. Ray.num_workers=0 reports this process."""
+    import tempfile
+
+    import ray.train
+
+    from ..dry_run import collect, placement_fields, reports_queue
+
+    cfg = with_absolute_paths(cfg)
+    validate(cfg)
+    if workers is None:
+        workers = train_workers(cfg, None if cfg.Ray.num_workers == 0 else Cluster.of(init_ray(cfg.Ray.address)))
+    if workers.count == 0:
+        return {"placement": placement_fields(workers), "processes": [_worker_plan(cfg, workers, 0, 1, in_ray=False)]}
+    queue = reports_queue()
+    with tempfile.TemporaryDirectory(prefix="raysegment-dry-run-") as storage:
+        run_config = ray.train.RunConfig(name="dry_run", storage_path=storage)
+        _trainer(_plan_worker, {"cfg": cfg, "placement": workers, "reports": queue}, workers, run_config).fit()
+        processes = collect(queue, workers.count, "training workers")
+    return {"placement": placement_fields(workers), "processes": processes}
+
+
+def _plan_worker(config):
+    """plan()'s Ray Train worker: its report, after the backend has set Paddle's collective
+    environment, in place of init_parallel_env() and train()."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    config["reports"].put(_worker_plan(config["cfg"], config["placement"], ctx.get_world_rank(), ctx.get_world_size()))
+
+
+def _worker_plan(cfg, placement, rank, world, in_ray=True):
+    from ..dry_run import process_view
+    from .loop import uses_amp, uses_sync_batch_norm
+
+    device = placement.compute_device
+    seen = process_view() if in_ray else {"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {"rank": rank, "world": world, **seen, "device": device, "threads": placement.threads,
+            "backend": os.environ.get("PADDLE_DISTRI_BACKEND") if world > 1 else None,
+            "sync_batch_norm": uses_sync_batch_norm(device, world), "amp": uses_amp(cfg.Train, device)}
 
 
 def _in_tune():

@@ -159,6 +159,43 @@ def run_experiment(cfg, searches, num_samples=1, scheduler="fifo", grace_iters=N
     return result
 
 
+def plan_trials(cfg, trials, max_concurrent=None):
+    """A dry run of run_experiment (raysegment/dry_run.py): `trials` trials started with the
+    resources and concurrency it would give them, each reporting its own process (Ray.num_workers=0:
+    the trial trains in it) or the plan of its Ray Train workers; nothing trains."""
+    import tempfile
+
+    from ray import tune
+
+    from ..dry_run import collect, placement_fields, reports_queue
+
+    cfg = with_absolute_paths(cfg)
+    validate(cfg)
+    placement, resources, concurrent = tune_trials(cfg, Cluster.of(init_ray(cfg.Ray.address)), trials, max_concurrent)
+    queue = reports_queue()
+    trainable = tune.with_resources(tune.with_parameters(_plan_trial, cfg=cfg, placement=placement, reports=queue), resources)
+    with tempfile.TemporaryDirectory(prefix="raysegment-dry-run-") as storage:
+        tune.Tuner(trainable, param_space={"trial": tune.grid_search(list(range(trials)))},
+                   tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+                   run_config=tune.RunConfig(name="dry_run", storage_path=storage, verbose=0)).fit()
+        processes = collect(queue, trials, "Tune trials")
+    return {"placement": placement_fields(placement), "trial_resources": resources, "trials_at_once": concurrent,
+            "processes": processes}
+
+
+def _plan_trial(config, cfg, placement, reports):
+    from ray import tune
+
+    from ..dry_run import process_view
+    from .ray_train import plan
+
+    report = {"trial": config["trial"], **process_view(), "device": placement.compute_device}
+    if placement.count:  # each trial is a Ray Train run of its own workers
+        report["workers"] = plan(cfg, placement)["processes"]
+    reports.put(report)
+    tune.report({"planned": 1})
+
+
 def _number(value):
     """A reported value as a float, or None where it is missing (None, or NaN in Tune's table)."""
     return None if value is None or math.isnan(value) else float(value)

@@ -29,7 +29,6 @@ interpolation op), plain Paddle runs, and says why (`paddle_engine`).
 """
 
 import functools
-import importlib.metadata
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from ...storage import file_lock
 from . import runtimes
 from .conversion import ConversionError, cache_dir, folder_key, onnx_file
 from .paddle import PaddleEngine, error_line
+from .paddle import config_calls as paddle_config_calls
 from .quantize import QuantizationError, calibration_uris, int8_file
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,67 @@ MAX_STATIC_SHAPES = 4
 
 def open_engine(info, device, spec):
     """The engine for an exported folder on `device` ('cpu', None) | ('gpu', N)."""
-    if device[0] == "cpu" and spec.precision == "fp16":
-        raise ValueError("precision fp16 needs a GPU; on CPU use fp32 or bf16")
-    if device[0] == "gpu" and spec.precision in ("bf16", "int8"):
-        raise ValueError(f"precision {spec.precision} is a CPU mode here; on GPU use fp32 or fp16")
+    check_device(device, spec)
     threads = spec.cpu_threads or process_cpus()
     if spec.engine == "paddle" or spec.run_mode:
         return paddle_engine(info, device, spec.paddle_run_mode, threads)
     return ChosenEngine(info, device, spec, threads)
+
+
+def check_device(device, spec):
+    """A ValueError when `spec` cannot run on `device`."""
+    if device[0] == "cpu" and spec.precision == "fp16":
+        raise ValueError("precision fp16 needs a GPU; on CPU use fp32 or bf16")
+    if device[0] == "gpu" and spec.precision in ("bf16", "int8"):
+        raise ValueError(f"precision {spec.precision} is a CPU mode here; on GPU use fp32 or fp16")
+    if device[0] == "gpu" and (spec.engine == "openvino" or spec.run_mode):
+        what = f"engine {spec.engine}" if spec.engine == "openvino" else f"run_mode {spec.run_mode}"
+        raise ValueError(f"{what} runs on CPUs; on GPU use engine paddle or onnxruntime, or leave it unset")
+
+
+def candidates(device, spec):
+    """The runtimes that run beside Paddle on `device` for `spec`: the pinned one, else the installed
+    ones that take the precision (on GPU, ONNX Runtime's CUDA and TensorRT providers)."""
+    if spec.engine:
+        return [spec.engine]
+    if device[0] == "gpu":
+        return ["onnxruntime"] if runtimes.installed("onnxruntime") else []
+    if spec.precision == "bf16":
+        return ["openvino"]
+    return [name for name in ("openvino", "onnxruntime") if runtimes.installed(name)]
+
+
+def engine_plan(device, spec, threads, available_providers=None):
+    """What open_engine would open on `device` for `spec`, with nothing loaded and nothing on CUDA:
+    one dict per engine, Paddle first (the engine when pinned, else the reference the others are
+    checked against) with its Config calls, then each runtime with its execution providers (ONNX
+    Runtime, given `available_providers`: None asks the installed onnxruntime) or compile
+    properties (OpenVINO). A runtime that could not open says why under "error"."""
+    check_device(device, spec)
+    threads = spec.cpu_threads or threads
+    pinned_paddle = spec.engine == "paddle" or bool(spec.run_mode)
+    mode = "gpu" if device[0] == "gpu" else spec.paddle_run_mode or "mkldnn"
+    paddle = {"engine": "paddle", "role": "engine" if pinned_paddle else "reference", "mode": mode,
+              "config": paddle_config_calls(mode, device, threads)}
+    if device[0] == "cpu" and not spec.paddle_run_mode:
+        paddle["fallback"] = "paddle (when oneDNN's masks differ from plain Paddle's on the probe, or it fails)"
+    plans = [paddle]
+    for name in [] if pinned_paddle else candidates(device, spec):
+        plan = {"engine": name, "role": "engine" if spec.engine else "candidate", "precision": spec.precision,
+                "graph": "int8 (quantized on calibration_images)" if spec.precision == "int8" else "fp32 ONNX"}
+        try:
+            if name == "openvino":
+                plan.update(device="CPU", properties=runtimes.openvino_properties(spec.precision, threads))
+            else:
+                if available_providers is None:
+                    import onnxruntime
+
+                    available_providers = onnxruntime.get_available_providers()
+                plan["providers"] = runtimes.onnxruntime_providers(device, spec.precision, available_providers)
+        except RuntimeError as e:
+            plan["error"] = str(e)
+        plans.append(plan)
+    return plans
 
 
 def paddle_engine(info, device, run_mode, threads):
@@ -109,7 +162,7 @@ def _probe_batch(h=96, w=128):
 class ChosenEngine:
     def __init__(self, info, device, spec, threads):
         self.info, self.device, self.spec, self.threads = info, device, spec, threads
-        self.candidates = [spec.engine] if spec.engine else self._installed()
+        self.candidates = candidates(device, spec)
         self.by_shape, self.notes = {}, {}  # (h, w) -> engine, its reason
         self._runtimes, self._onnx = {}, {}  # (engine name, onnx path) -> runtime; shape | None -> path or error
         self._int8 = {}  # fp32 onnx path -> its int8 file, or None where fp32 runs instead
@@ -125,15 +178,6 @@ class ChosenEngine:
         if self._paddle is None:
             self._paddle = paddle_engine(self.info, self.device, self.spec.paddle_run_mode, self.threads)
         return self._paddle
-
-    def _installed(self):
-        if self.device[0] == "gpu":
-            return ["onnxruntime"] if runtimes.installed("onnxruntime") else []
-        if self.spec.precision == "bf16":
-            return ["openvino"]
-        if self.spec.precision == "int8":
-            return [name for name in ("openvino", "onnxruntime") if runtimes.installed(name)]
-        return [name for name in ("openvino", "onnxruntime") if runtimes.installed(name)]
 
     @property
     def run_mode(self):
@@ -165,7 +209,7 @@ class ChosenEngine:
 
     def _verdict_file(self, shape):
         """Where this machine keeps the choice for this folder, shape, device, threads and request."""
-        versions = "_".join(_version(name) for name in ("onnxruntime", "openvino"))
+        versions = "_".join(runtimes.runtime_version(name) for name in ("onnxruntime", "openvino"))
         device = self.device[0] if self.device[1] is None else f"{self.device[0]}{self.device[1]}"
         tag = f"{shape[0]}x{shape[1]}_{device}_{self.threads}t_{self.spec.engine or 'auto'}_{self.spec.precision}"
         return os.path.join(cache_dir(), f"{folder_key(self.info)}_{tag}_{versions}.choice.json")
@@ -271,13 +315,6 @@ class ChosenEngine:
         raise self._onnx[shape]
 
 
-def _version(name):
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "none"
-
-
 def _write_json(path, value):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -295,4 +332,4 @@ def _best_seconds(engine, batch, runs=2):
     return best
 
 
-__all__ = ["ChosenEngine", "open_engine", "paddle_engine"]
+__all__ = ["ChosenEngine", "engine_plan", "open_engine", "paddle_engine"]

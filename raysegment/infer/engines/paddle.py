@@ -49,6 +49,20 @@ def resolve_device(device):
     return "gpu", gpu
 
 
+GPU_MEMORY_POOL_MB = 256  # paddle.inference's first GPU memory pool; it grows as the model needs
+
+
+def config_calls(mode, device, cpu_threads):
+    """The paddle.inference.Config calls, (method, arguments) in order, that run `mode` (a
+    PINNED_RUN_MODES CPU mode, or "gpu": fp32 CUDA kernels on GPU device[1], the first GPU Ray made
+    visible) with `cpu_threads` CPU threads: what PaddleEngine makes and what a dry run reports."""
+    if mode == "gpu":
+        return [("enable_use_gpu", (GPU_MEMORY_POOL_MB, device[1] or 0))]
+    calls = [("disable_gpu", ()), ("set_cpu_math_library_num_threads", (cpu_threads,)),
+             ("enable_mkldnn" if mode.startswith("mkldnn") else "disable_mkldnn", ())]
+    return calls + [("enable_mkldnn_bfloat16", ())] if mode == "mkldnn_bf16" else calls
+
+
 class _Reported:
     @property
     def reasons(self):
@@ -103,14 +117,8 @@ class PaddleEngine(_Reported):
 
         config = inference.Config(*self.files)
         config.disable_glog_info()
-        if mode == "gpu":
-            config.enable_use_gpu(256, self.device[1])
-        else:
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(self.cpu_threads)
-            config.enable_mkldnn() if mode.startswith("mkldnn") else config.disable_mkldnn()
-            if mode == "mkldnn_bf16":
-                config.enable_mkldnn_bfloat16()
+        for method, args in config_calls(mode, self.device, self.cpu_threads):
+            getattr(config, method)(*args)
         return inference.create_predictor(config)
 
     @property
