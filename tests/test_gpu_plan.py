@@ -124,10 +124,11 @@ PLANS = textwrap.dedent("""
     init_ray(sys.argv[1])
     base = [f"Global.dataset_dir={sys.argv[2]}", "Train.num_classes=3", "Global.device=gpu", f"Global.output={sys.argv[3]}"]
     in_process = plan_trials(load_config("configs/PP-LiteSeg-T.yaml", base + ["Ray.num_workers=0"]), 4)
+    ray_train = plan_trials(load_config("configs/PP-LiteSeg-T.yaml", base + ["Ray.num_workers=1"]), 2)
     shared = plan_serve(parse_options(ServeOptions, {"model_dir": BUNDLED_MODEL, "gpus_per_replica": 0.5, "num_replicas": 4,
                                                     "cpus_per_replica": 0.5, "port": int(sys.argv[4])}, "args"))
     with open(sys.argv[5], "w") as f:
-        json.dump({"tune": in_process, "serve": shared}, f)
+        json.dump({"tune": in_process, "tune_ray_train": ray_train, "serve": shared}, f)
 """)
 
 
@@ -145,6 +146,13 @@ def test_tune_trials_take_whole_gpus_and_serve_places_fractions_as_asked(gpu_nod
     assert tune["trial_resources"] == {"cpu": 1.0, "gpu": 1.0} and tune["trials_at_once"] == 2
     assert sorted(t["trial"] for t in tune["processes"]) == [0, 1, 2, 3]
     one_gpu_each(tune["processes"])
+
+    per_trial_run = plans["tune_ray_train"]  # each trial drives a Ray Train run whose worker takes the GPU
+    assert per_trial_run["trial_resources"] == {"cpu": 0, "memory": 1 << 20} and per_trial_run["trials_at_once"] == 2
+    assert all(t["ray_gpu_ids"] == [] for t in per_trial_run["processes"])
+    workers = [w for t in per_trial_run["processes"] for w in t["workers"]]
+    assert len(workers) == 2
+    one_gpu_each(workers)
 
     serve = plans["serve"]
     assert serve["placement"]["gpus"] == 0.5 and len(serve["processes"]) == 4

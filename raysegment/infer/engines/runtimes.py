@@ -68,6 +68,8 @@ class OnnxRuntimeEngine:
         options.intra_op_num_threads, options.inter_op_num_threads = cpu_threads, 1
         options.log_severity_level = 3
         providers = onnxruntime_providers(device, precision, ort.get_available_providers())
+        if device[0] == "gpu" and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* pip packages (onnxruntime-gpu[cuda,cudnn]), not LD_LIBRARY_PATH
         for name, provider_options in providers:
             if name == "TensorrtExecutionProvider":
                 os.makedirs(provider_options["trt_engine_cache_path"], exist_ok=True)
