@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--dry-run", action="store_true", help="plan and place every step; run nothing on CUDA")
     p.add_argument("--device", choices=("gpu", "cpu"), help="default: gpu when Paddle finds one (or on --dry-run), else cpu")
     p.add_argument("--gpus", type=int, default=2, help="dry run on a machine without GPUs: GPUs the local Ray declares (default 2)")
-    p.add_argument("--cpus", type=int, help="dry run on a machine without GPUs: CPUs the local Ray declares (default: this machine's)")
+    p.add_argument("--cpus", type=int, help="dry run on a machine without GPUs: CPUs the local Ray declares (default: this machine's, at least 4 a GPU)")
     p.add_argument("--address", help="a running Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     p.add_argument("--out", default="output/gpu_check.json", help="where the JSON goes (default output/gpu_check.json)")

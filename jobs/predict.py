@@ -5,6 +5,7 @@
         --input s3://bucket/images/ --output s3://bucket/masks/ -o Global.device=gpu -o Ray.predict_concurrency=8 -o Predict.batch_size=8
     python jobs/predict.py -c configs/PP-LiteSeg-T.yaml -o Predict.model_dir=... -o Predict.input=... -o Predict.output=...
     python jobs/predict.py --model-dir MODEL --input images/ --output out/ --retry-errors   # after fixing broken inputs
+    python jobs/predict.py --model-dir MODEL --input images/ --output out/ -o Global.device=gpu --dry-run   # where the actors go
 
 Actors, their CPUs and threads are sized to the cluster when unset (one single-thread actor per CPU,
 one per GPU on gpu): set Ray.* keys only to override that.
@@ -20,6 +21,7 @@ Same as `python -m raysegment -c CONFIG -o Global.mode=predict ...`.
 """
 
 import argparse
+import json
 import sys
 
 
@@ -35,6 +37,8 @@ def main(argv=None):
     parser.add_argument("--visualize", action="store_true", help="also write <name>_vis.jpg overlays")
     parser.add_argument("--retry-errors", action="store_true",
                         help="run the inputs an earlier run recorded as errors again (Predict.retry_errors)")
+    parser.add_argument("--dry-run", action="store_true", help="start the actors as this job would and print what each gets "
+                        "(its GPU, device, engines and their options) and the inputs found; predict nothing")
     args = parser.parse_args(argv)
     for flag, key in (("model_dir", "Predict.model_dir"), ("output", "Predict.output"), ("batch_size", "Ray.predict_batch_size")):
         if getattr(args, flag) is not None:
@@ -49,8 +53,11 @@ def main(argv=None):
     if not cfg.Predict.model_dir or not cfg.Predict.input:
         parser.error("pass --model-dir and --input (or Predict.model_dir and Predict.input)")
 
-    from raysegment.batch import predict_bulk
+    from raysegment.batch import plan_bulk, predict_bulk
 
+    if args.dry_run:
+        print(json.dumps(plan_bulk(cfg), indent=2))
+        return
     sys.exit(report_bulk(predict_bulk(cfg, progress=print_progress("images"))))
 
 

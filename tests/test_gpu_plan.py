@@ -60,7 +60,7 @@ def test_cpu_training_uses_gloo_without_sync_batch_norm_or_amp(ray_local, tmp_pa
 
 
 def test_gpu_check_dry_run_on_one_node_declaring_two_gpus(tmp_path):
-    result, printed = gpu_check_dry_run(tmp_path, "--gpus", "2", "--cpus", "8")
+    result, printed = gpu_check_dry_run(tmp_path)  # no GPU here: 2 declared, with 8 CPUs to feed them
     assert result["dry_run"] and result["gpus"] == 2 and result["declared_gpus"] == 2
     steps = steps_of(result)
     assert list(steps) == ["engines", "train-1", "train-2", "bulk", "serve"]
@@ -161,3 +161,28 @@ def test_tune_trials_take_whole_gpus_and_serve_places_fractions_as_asked(gpu_nod
         assert replica["device"] == "gpu:0" and replica["ray_gpu_ids"] == ["0"] == [replica["cuda_visible_devices"]]
         by_node[replica["node"]] = by_node.get(replica["node"], 0) + 1
     assert sorted(by_node.values()) == [2, 2]  # two replicas share each node's GPU
+
+
+def test_the_jobs_dry_runs_print_where_their_processes_go(gpu_nodes, tmp_path):
+    """`--dry-run` on jobs/train.py, predict.py and serve.py: the plan as JSON, nothing trained or written."""
+    from local_cluster import free_port
+
+    from raysegment.data import BUNDLED_MODEL
+
+    data = make_dataset(tmp_path / "ds", n_train=4, n_val=1)
+    env = {**gpu_nodes.env, "RAY_ADDRESS": f"127.0.0.1:{gpu_nodes.port}"}
+    commands = {
+        "train": ["jobs/train.py", "-c", "configs/PP-LiteSeg-T.yaml", "-o", f"Global.dataset_dir={data}", "-o", "Train.num_classes=3",
+                  "-o", f"Global.output={tmp_path / 'train'}", "-o", "Global.device=gpu:0,1", "-o", "Train.batch_size=2"],
+        "predict": ["jobs/predict.py", "--model-dir", BUNDLED_MODEL, "--input", "raysegment/data/samples", "--output",
+                    str(tmp_path / "masks"), "-o", "Global.device=gpu"],
+        "serve": ["jobs/serve.py", "--model-dir", BUNDLED_MODEL, "-o", "device=gpu", "--port", str(free_port())],
+    }
+    for name, command in commands.items():
+        done = subprocess.run([sys.executable, *command, "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        planned = json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("{\n"):])[0]  # Ray's own lines may follow
+        assert len(planned["processes"]) == 2 and len({p["node"] for p in planned["processes"]}) == 2, name
+        one_gpu_each(planned["processes"])
+    assert planned["processes"][0]["engines"][0]["mode"] == "gpu"
+    assert not (tmp_path / "masks").exists() and not (tmp_path / "train" / "train_result.json").exists()

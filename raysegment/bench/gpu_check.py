@@ -112,8 +112,8 @@ def _configs():
 def _bulk_config(work, device, images):
     from ..config import load_config
 
-    return load_config(None, [f"Predict.model_dir={BUNDLED_MODEL}", f"Predict.input={images}",
-                              f"Predict.output={os.path.join(work, 'bulk')}", f"Global.device={'gpu' if device == 'gpu' else 'cpu'}"])
+    return load_config(None, [f"Predict.model_dir={BUNDLED_MODEL}", f"Predict.output={os.path.join(work, 'bulk')}",
+                              f"Global.device={device}", *([f"Predict.input={images}"] if images else [])])
 
 
 def _serve_options(device):
@@ -281,7 +281,8 @@ def main(args):
     declared = None
     if args.dry_run and not found and device == "gpu" and not (args.address or os.environ.get("RAY_ADDRESS")):
         declared = args.gpus
-        init_ray(num_gpus=declared, num_cpus=args.cpus or os.cpu_count())
+        # as a GPU node has them: a few CPUs a GPU to feed it (a 2-core laptop could not place 2 GPU workers)
+        init_ray(num_gpus=declared, num_cpus=args.cpus or max(os.cpu_count(), 4 * declared))
     else:
         init_ray(args.address)
     gpus = int(ray.cluster_resources().get("GPU", 0))

@@ -267,9 +267,6 @@ class PlannedReplica:
 
         reports.put({**process_view(), **Predictor.plan(opts.model_dir, opts, placement.compute_device, placement.threads)})
 
-    async def __call__(self, request):
-        return {"dry_run": True}
-
 
 def replicas(opts):
     """The replicas' Placement for checked ServeOptions, sized to the cluster (unset counts and CPUs
