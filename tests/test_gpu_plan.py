@@ -186,3 +186,25 @@ def test_the_jobs_dry_runs_print_where_their_processes_go(gpu_nodes, tmp_path):
         one_gpu_each(planned["processes"])
     assert planned["processes"][0]["engines"][0]["mode"] == "gpu"
     assert not (tmp_path / "masks").exists() and not (tmp_path / "train" / "train_result.json").exists()
+
+
+def test_gpu_check_runs_its_steps_for_real_on_cpu(tmp_path):
+    """The check's own glue (engines against CPU Paddle, Serve under load), small, on CPUs: what a GPU
+    machine runs with --device gpu. A step asked for by a wrong name is refused by name."""
+    out = tmp_path / "check.json"
+    env = {**os.environ, "RAYSEGMENT_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    wrong = subprocess.run([sys.executable, "jobs/gpu_check.py", "--device", "cpu", "--steps", "engines,trian-1"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "trian-1 is not a step; steps: engines, train-1" in wrong.stderr, wrong.stderr
+    done = subprocess.run([sys.executable, "jobs/gpu_check.py", "--device", "cpu", "--quick", "--steps", "engines,serve", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert [(s["step"], s["error"]) for s in result["steps"]] == [("engines", None), ("serve", None)]
+    engines = result["steps"][0]["rows"]
+    assert set(engines) == {"paddle fp32", "onnxruntime fp32", "openvino fp32", "auto fp32"}
+    for row in engines.values():  # every engine ran the bundled model and gave CPU Paddle's masks
+        assert row["images_per_s"] > 0 and row["agreement_with_cpu_paddle"] > 0.999, row
+    for row in result["steps"][1]["rows"].values():
+        assert row["statuses"] == {"200": row["requests"]} and row["requests"] > 0

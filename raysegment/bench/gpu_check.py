@@ -32,6 +32,7 @@ from .common import make_image_dir, make_train_dir
 ENGINE_ROWS = {"gpu": (("paddle", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), (None, "fp32")),
                "cpu": (("paddle", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), (None, "fp32"))}
 TOTAL_BUDGET_S = 480
+STEP_NAMES = ("engines", "train-1", "train-2", "bulk", "serve")  # train-2 runs where there are 2 GPUs
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ class Step:
     budget_s: int
 
 
-def steps(sizes, device, gpus):
-    """The steps to run on `device` with `gpus` GPUs, in order."""
+def steps(sizes, device, gpus, only=None):
+    """The steps to run on `device` with `gpus` GPUs, in order; `only`: those of these names."""
     workers = "2 GPU workers (NCCL, SyncBatchNorm, AMP)"
     out = [
         Step("engines", f"{', '.join(_row_name(e, p) for e, p in ENGINE_ROWS[device])} on {device}: images/s and "
@@ -75,7 +76,7 @@ def steps(sizes, device, gpus):
         Step("serve", f"the Serve app at {', '.join(map(str, sizes.clients))} clients, {sizes.serve_seconds:g} s each, "
              f"one replica per {'GPU' if device == 'gpu' else 'CPU'}", 30 + 10 * len(sizes.clients) + int(sizes.serve_seconds * len(sizes.clients))),
     ]
-    return out
+    return [step for step in out if not only or step.name in only]
 
 
 def _row_name(engine, precision):
@@ -122,7 +123,7 @@ def _serve_options(device):
     return parse_options(ServeOptions, {"model_dir": BUNDLED_MODEL, "device": device, "port": _free_port()}, "args")
 
 
-def plan(work, sizes, device, gpus):
+def plan(work, sizes, device, gpus, only=None):
     """--dry-run: each step sized and its Ray processes placed (dry_run.py); nothing on CUDA."""
     from ..batch import plan_bulk
     from ..infer.engines.choice import engine_plan
@@ -131,7 +132,7 @@ def plan(work, sizes, device, gpus):
     from ..train.ray_train import plan as plan_training
 
     planned = []
-    for step in steps(sizes, device, gpus):
+    for step in steps(sizes, device, gpus, only):
         if step.name == "engines":
             where = ("gpu", 0) if device == "gpu" else ("cpu", None)
             detail = {_row_name(engine, precision): engine_plan(where, EngineSpec(engine, precision=precision), 1)
@@ -171,10 +172,10 @@ def _engine_words(e):
     return f"{e['engine']} {e.get('mode', '')}".strip()
 
 
-def run(work, sizes, device, gpus):
+def run(work, sizes, device, gpus, only=None):
     """Every step for real; returns the figures per step."""
     figures = []
-    for step in steps(sizes, device, gpus):
+    for step in steps(sizes, device, gpus, only):
         print(f"{step.name}: {step.what} (budget {step.budget_s} s)", flush=True)
         started = time.perf_counter()
         try:
@@ -288,12 +289,16 @@ def main(args):
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if device == "gpu" and not gpus:
         raise ValueError("the Ray cluster has no GPUs; start its nodes with GPUs (or --num-gpus), or use --device cpu")
+    only = args.steps.split(",") if args.steps else None
+    chosen = steps(sizes, device, gpus, only)
+    if not chosen:
+        raise ValueError(f"--steps {args.steps}: none of them runs here ({device}, {gpus} GPUs)")
     print(f"gpu check ({'dry run' if args.dry_run else 'run'}): device {device}, {gpus} GPUs in the Ray cluster"
-          + (f" (declared: no GPU here; --gpus {declared})" if declared else "") + f", {len(steps(sizes, device, gpus))} steps, "
-          f"budget {sum(s.budget_s for s in steps(sizes, device, gpus))} s of {TOTAL_BUDGET_S}", flush=True)
+          + (f" (declared: no GPU here; --gpus {declared})" if declared else "") + f", {len(chosen)} steps, "
+          f"budget {sum(s.budget_s for s in chosen)} s of {TOTAL_BUDGET_S}", flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="raysegment-gpu-check-") as work:
-        rows = plan(work, sizes, device, gpus) if args.dry_run else run(work, sizes, device, gpus)
+        rows = plan(work, sizes, device, gpus, only) if args.dry_run else run(work, sizes, device, gpus, only)
     result = {"dry_run": args.dry_run, "device": device, "gpus": gpus, "declared_gpus": declared, "sizes": sizes.__dict__,
               "steps": rows, "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
