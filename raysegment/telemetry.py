@@ -8,7 +8,8 @@ node's metrics port (`ray.nodes()[i]["MetricsExportPort"]`), every name prefixed
     raysegment_forward_seconds{model}                      one forward pass of a batch
     raysegment_batch_size{model}                           images per forward pass
     raysegment_images_total{model}, raysegment_pixels_total{model}      images (PDF pages) and pixels segmented
-    raysegment_engine{model, engine}                       1 for the engine each model runs on
+    raysegment_engine{model, engine}                       1 for the engine each model runs on (set again at each
+                                                           health check, so an idle replica keeps it)
     raysegment_bulk_inputs_total{status}                   bulk job inputs done / errors (rate(): per second)
 
 Queries (docs/serving.md has more): `sum by (status) (rate(ray_raysegment_requests_total[1m]))`,

@@ -153,7 +153,6 @@ def plan(work, sizes, device, gpus, only=None):
 def summary_line(row):
     """One line per planned step: what, budget, and where its processes went."""
     detail = row["plan"]
-    where = ""
     if "processes" in detail:
         p = detail["placement"]
         seen = "; ".join(f"{'rank ' + str(r['rank']) + ' ' if 'rank' in r else ''}CUDA_VISIBLE_DEVICES={r.get('cuda_visible_devices')} "
