@@ -53,9 +53,25 @@ def print_table(title, header, rows, decimals=2):
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
 
 
+def sample_paths():
+    """The bundled CamVid frames (raysegment/data/samples), in name order."""
+    return sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES) if f.endswith(".jpg"))
+
+
+def request_bodies(paths, **fields):
+    """One JSON body of PaddleX's serving protocol per image file: base64 image plus `fields`."""
+    import base64
+
+    bodies = []
+    for path in paths:
+        with open(path, "rb") as f:
+            bodies.append(json.dumps({"image": base64.b64encode(f.read()).decode(), **fields}).encode())
+    return bodies
+
+
 def make_image_dir(folder, n):
     """n JPEGs of one size, cycling through the bundled CamVid samples."""
-    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
+    samples = sample_paths()
     os.makedirs(folder, exist_ok=True)
     for i in range(n):
         shutil.copyfile(samples[i % len(samples)], os.path.join(folder, f"img_{i:05d}.jpg"))
@@ -89,7 +105,7 @@ def make_train_dir(folder, n, num_classes=11):
 
     from ..data.labels import default_class_names
 
-    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
+    samples = sample_paths()
     rng = np.random.default_rng(0)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     os.makedirs(os.path.join(folder, "annotations"), exist_ok=True)

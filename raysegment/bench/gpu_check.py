@@ -18,15 +18,14 @@ declares --gpus GPUs (default 2), so a CPU machine shows what a 2-GPU machine wo
 --device cpu runs the real steps on CPUs (small with --quick): the script's own smoke test.
 """
 
-import base64
 import json
 import os
 import socket
 import time
 from dataclasses import dataclass
 
-from ..data import BUNDLED_MODEL, SAMPLES
-from .common import make_image_dir, make_train_dir
+from ..data import BUNDLED_MODEL
+from .common import make_image_dir, make_train_dir, request_bodies, sample_paths
 
 # (engine, precision) pairs the engines step runs, per device
 ENGINE_ROWS = {"gpu": (("paddle", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), (None, "fp32")),
@@ -64,7 +63,7 @@ def steps(sizes, device, gpus, only=None):
     workers = "2 GPU workers (NCCL, SyncBatchNorm, AMP)"
     out = [
         Step("engines", f"{', '.join(_row_name(e, p) for e, p in ENGINE_ROWS[device])} on {device}: images/s and "
-             f"agreement with CPU Paddle on the {len(_samples())} bundled frames at 960x720, {sizes.engine_repeats} passes each", 150),
+             f"agreement with CPU Paddle on the {len(sample_paths())} bundled frames at 960x720, {sizes.engine_repeats} passes each", 150),
         Step("train-1", f"PP-LiteSeg-T, {sizes.train_iters} iterations, 1 {device} worker" + (" with AMP" if device == "gpu" else "")
              + f", batch {sizes.train_batch}, {sizes.crop}x{sizes.crop} crops, {sizes.train_images} bundled frames", 75),
     ]
@@ -81,10 +80,6 @@ def steps(sizes, device, gpus, only=None):
 
 def _row_name(engine, precision):
     return f"{engine or 'auto'} {precision}"
-
-
-def _samples():
-    return sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES) if f.endswith(".jpg"))
 
 
 def _free_port():
@@ -196,7 +191,7 @@ def _engines(work, sizes, device, step):
     from ..infer import Predictor
     from ..infer.options import EngineConfig, InferenceOptions
 
-    images = [decode_image(open(p, "rb").read(), name=p) for p in _samples()]
+    images = [decode_image(open(p, "rb").read(), name=p) for p in sample_paths()]
     reference = Predictor.load(BUNDLED_MODEL, InferenceOptions(engine="paddle"), "cpu").predict(images)
     rows = {}
     for engine, precision in ENGINE_ROWS[device]:
@@ -243,7 +238,7 @@ def _serve(work, sizes, device, step):
     from ..serve.run import start
     from .serve import load_test
 
-    bodies = [json.dumps({"image": base64.b64encode(open(p, "rb").read()).decode()}).encode() for p in _samples()]
+    bodies = request_bodies(sample_paths())
     opts = _serve_options(device)
     url = start(opts, name="gpu-check")
     try:

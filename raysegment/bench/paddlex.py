@@ -15,7 +15,7 @@ import sys
 import time
 
 from ..data import BUNDLED_MODEL, SAMPLES
-from .common import JOBS, add_inputs, print_table, run_measured
+from .common import JOBS, add_inputs, print_table, request_bodies, run_measured, sample_paths
 from .serve import load_test
 
 
@@ -103,7 +103,6 @@ def bench_paddlex_serve(args, work):
     """Closed-loop load tests, one server at a time on the same port and images: PaddleX's
     `paddlex --serve` (its own virtualenv, CPU default) and jobs/serve.py with its default settings,
     both asked for the label map without the overlay (visualize: false)."""
-    import base64
     import signal
     import socket
     import urllib.request
@@ -112,8 +111,8 @@ def bench_paddlex_serve(args, work):
     pipeline = os.path.join(work, "pipeline.yaml")
     with open(pipeline, "w") as f:
         f.write(PADDLEX_PIPELINE.format(name=name, model_dir=model_dir))
-    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
-    bodies = [json.dumps({"image": base64.b64encode(open(p, "rb").read()).decode(), "visualize": False}).encode() for p in samples]
+    samples = sample_paths()
+    bodies = request_bodies(samples, visualize=False)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 
-from ..data import SAMPLES
 from .common import (
     Stopwatch,
     add_inputs,
@@ -17,7 +16,9 @@ from .common import (
     make_image_dir,
     model_folder,
     print_table,
+    request_bodies,
     run_bulk_job,
+    sample_paths,
 )
 
 
@@ -113,7 +114,6 @@ def start_local_serve(cpus, request_timeout_s):
 
 def bench_serve(args, work):
     """Load test of the Serve app on a local Ray, batching on and off, plus the bulk job on the same images."""
-    import base64
 
     import ray
     from ray import serve
@@ -121,8 +121,7 @@ def bench_serve(args, work):
     from ..serve import build_app
 
     model_dir, model_name = model_folder(args, work)
-    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
-    bodies = [json.dumps({"image": base64.b64encode(open(p, "rb").read()).decode()}).encode() for p in samples]
+    bodies = request_bodies(sample_paths())
     # the layout bench_bulk finds fastest on CPU: one single-thread replica (and bulk actor) per CPU
     cpus, batch_size = os.cpu_count(), args.batch_size
     bulk, _, _ = run_bulk_job(model_dir, make_image_dir(os.path.join(work, "images"), args.n), os.path.join(work, "bulk"), batch_size)
@@ -158,7 +157,6 @@ def bench_overload(args, work):
     clients for --seconds against 32 clients, then one client right after. Every request should get
     a 200 or a fast 503 with Retry-After (clients wait that long before their next request), none
     a timeout or another status, and the 200s' p99 stay within 2x the 32-client p99."""
-    import base64
 
     import ray
     from ray import serve
@@ -167,8 +165,7 @@ def bench_overload(args, work):
     from ..serve import build_app
 
     model_dir, model_name = model_folder(args, work)
-    samples = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES))
-    bodies = [json.dumps({"image": base64.b64encode(open(p, "rb").read()).decode(), "visualize": False}).encode() for p in samples]
+    bodies = request_bodies(sample_paths(), visualize=False)
     defaults = ServeOptions()
     url = start_local_serve(os.cpu_count(), request_timeout_s=defaults.request_timeout_s)
     serve.run(build_app({"model_dir": model_dir}), name="bench", route_prefix="/")
@@ -200,7 +197,6 @@ def bench_multiplex(args, work):
     """Many models behind one Serve app: the first request for each model (it loads), requests/s on
     a loaded model, and requests/s cycling over the models with room for all of them on every
     replica, and with room for one (every switch a reload)."""
-    import base64
 
     import ray
     from ray import serve
@@ -211,8 +207,7 @@ def bench_multiplex(args, work):
     models = {}
     for i in range(args.models):  # separate folders (ids), as fine-tuned copies would be
         models[f"site_{i}"] = shutil.copytree(model_dir, os.path.join(work, f"site_{i}"))
-    sample = os.path.join(SAMPLES, sorted(os.listdir(SAMPLES))[0])
-    bodies = [json.dumps({"image": base64.b64encode(open(sample, "rb").read()).decode()}).encode()]
+    bodies = request_bodies(sample_paths()[:1])
     cpus = os.cpu_count()
     url = start_local_serve(cpus, request_timeout_s=300)
     ids = sorted(models)

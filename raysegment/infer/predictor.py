@@ -11,7 +11,7 @@ import numpy as np
 from ..data import transforms as T
 from ..models import build_model, check_model_name, load_weights
 from .engines.choice import engine_plan, open_engine
-from .engines.paddle import LayerEngine, resolve_device
+from .engines.paddle import LayerEngine, device_parts, resolve_device
 from .model_files import ModelFolderError, ModelInfo, read_model_folder
 from ..ray_env import process_cpus
 from .options import InferenceOptions, check_target_size
@@ -63,11 +63,9 @@ class Predictor:
         options = options or InferenceOptions()
         spec = options.engine_spec(threads)
         info = read_model_folder(model_dir)
-        kind, _, index = str(device).partition(":")
-        where = ("gpu", int(index or 0)) if kind == "gpu" else ("cpu", None)
         threads = spec.cpu_threads or threads or process_cpus()
         if info.graph_file:
-            engines = engine_plan(where, spec, threads)
+            engines = engine_plan(device_parts(device), spec, threads)
         else:
             engines = [{"engine": "paddle", "role": "engine", "mode": "dygraph", "device": device}]
         return {"device": device, "threads": threads, "model": info.model_name, "engines": engines}

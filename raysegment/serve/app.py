@@ -284,12 +284,16 @@ def replicas(opts):
     return serve_replicas(opts, Cluster.of(init_ray()))
 
 
-def app_for(opts, replica=Segmenter, *extra):
-    """The Serve application for checked ServeOptions: `replica` deployed with the options' count
-    (or autoscaling), resources and limits, bound to (opts, placement, *extra). A Serve config's own
-    `deployments:` entries still override them, as Serve does."""
+def app_for(opts):
+    """The Serve application for checked ServeOptions. A Serve config's own `deployments:` entries
+    still override the count, resources and limits, as Serve does."""
     check_folders(opts)
-    placement = replicas(opts)
+    return deployment(opts, replicas(opts), Segmenter)
+
+
+def deployment(opts, placement, replica, *extra):
+    """`replica` deployed with the options' count (or autoscaling), the placement's resources and
+    the options' limits, bound to (opts, placement, *extra)."""
     scaling = {"autoscaling_config": opts.autoscaling} if opts.autoscaling else {"num_replicas": placement.count}
     deployment = replica.options(max_ongoing_requests=opts.max_ongoing_requests, max_queued_requests=opts.max_queued_requests,
                                  backpressure_config={"status_code": 503, "retry_after_s": opts.retry_after_s},

@@ -9,7 +9,7 @@ from ray import serve
 
 from ..config import ServeOptions, parse_options
 from ..ray_env import init_ray
-from .app import APP_IMPORT_PATH, PlannedReplica, app_for, check_folders, replicas
+from .app import APP_IMPORT_PATH, PlannedReplica, app_for, check_folders, deployment, replicas
 
 
 def load_serve_config(path=None, overrides=(), **flags):
@@ -96,7 +96,7 @@ def plan(opts, ray_address=None, name="dry-run"):
     check_folders(opts)
     init_ray(ray_address)
     placement, queue = replicas(opts), reports_queue()
-    start(opts, ray_address, name, route_prefix=None, app=app_for(opts, PlannedReplica, queue))
+    start(opts, ray_address, name, route_prefix=None, app=deployment(opts, placement, PlannedReplica, queue))
     try:
         states = serve.status().applications[name].deployments["PlannedReplica"].replica_states
         processes = collect(queue, states.get("RUNNING", 0), "Serve replicas")

@@ -23,27 +23,36 @@ class DeviceError(ValueError):
     pass
 
 
+def device_parts(device):
+    """'cpu' | 'gpu' | 'gpu:N' -> ('cpu', None) or ('gpu', N) as written (gpu means gpu:0); nothing
+    asks whether that GPU exists (resolve_device does)."""
+    kind, _, index = str(device).strip().lower().partition(":")
+    if kind == "cpu" and not index:
+        return "cpu", None
+    if kind != "gpu" or (index and not index.isdigit()):
+        raise DeviceError(f"device {device!r} is not one of cpu, gpu, gpu:N")
+    return "gpu", int(index or 0)
+
+
 def resolve_device(device):
     """'cpu' | 'gpu' | 'gpu:N' | None (GPU 0 when there is one, else CPU) -> ('cpu', None) or ('gpu', N).
     Only a GPU question imports Paddle: a CPU process that runs ONNX Runtime or OpenVINO never
     loads it (~250 MB)."""
-    kind, _, index = str(device).strip().lower().partition(":")
-    if kind == "cpu" and not index:
-        return "cpu", None
+    asked = None if device is None else device_parts(device)
+    if asked == ("cpu", None):
+        return asked
     import paddle
 
     n_gpus = paddle.device.cuda.device_count() if paddle.device.is_compiled_with_cuda() else 0
-    if device is None:
+    if asked is None:
         return ("gpu", 0) if n_gpus else ("cpu", None)
-    if kind != "gpu" or (index and not index.isdigit()):
-        raise DeviceError(f"device {device!r} is not one of cpu, gpu, gpu:N")
     if not n_gpus:
         raise DeviceError(
             f"device {device!r} asks for a GPU but none is available "
             f"({'no CUDA device found' if paddle.device.is_compiled_with_cuda() else 'this paddlepaddle build is CPU-only; pip install raysegment[gpu]'}); "
             "use device='cpu'"
         )
-    gpu = int(index or 0)
+    gpu = asked[1]
     if gpu >= n_gpus:
         raise DeviceError(f"device {device!r}: there are only {n_gpus} GPUs (gpu:0 .. gpu:{n_gpus - 1})")
     return "gpu", gpu
