@@ -12,29 +12,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+from raysegment.bench.common import free_port, free_ports  # noqa: F401 (free_port: the tests' import)
+
 BIN = os.path.dirname(sys.executable)  # ray, python: this virtualenv's
-
-
-def free_ports(n):
-    """n distinct free ports (the sockets stay open until all are chosen, so none repeats)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_port():
-    return free_ports(1)[0]
 
 
 def _processes():

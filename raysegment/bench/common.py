@@ -3,7 +3,9 @@ model, a small dataset), the bulk job run as a user runs it, and process-tree me
 
 import json
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,50 @@ class Stopwatch:
 
     def __call__(self):
         return time.perf_counter() - self.started
+
+
+def _server_port_range():
+    """Ports for servers started later (Serve's proxy, a PaddleX server, a `ray start` node): above
+    Ray's worker ports (10002-19999) and below the kernel's ephemeral range, which every socket bound
+    to port 0 draws from. A port found free by binding port 0 lies in that range, and one of Ray's
+    own gRPC servers (bound to port 0 as the node starts) can take it before our server listens:
+    a CI run's Serve test read a gRPC reply as its HTTP status line."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    return range(20000, ephemeral_low) if ephemeral_low > 21000 else None
+
+
+def free_ports(n):
+    """n distinct 127.0.0.1 ports free now and outside the ranges Ray and the kernel hand out
+    (`_server_port_range`); each socket stays bound until all are chosen, so none repeats."""
+    ports = _server_port_range()
+    candidates = random.sample(ports, len(ports)) if ports else []
+    socks = []
+    try:
+        for port in candidates:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            socks.append(sock)
+            if len(socks) == n:
+                break
+        while len(socks) < n:  # no range outside the ephemeral one: the kernel's choice
+            socks.append(socket.socket())
+            socks[-1].bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_port():
+    return free_ports(1)[0]
 
 
 def best_seconds(fn, repeats=2):

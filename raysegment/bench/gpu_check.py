@@ -20,12 +20,11 @@ declares --gpus GPUs (default 2), so a CPU machine shows what a 2-GPU machine wo
 
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 
 from ..data import BUNDLED_MODEL
-from .common import make_image_dir, make_train_dir, request_bodies, sample_paths
+from .common import free_port, make_image_dir, make_train_dir, request_bodies, sample_paths
 
 # (engine, precision) pairs the engines step runs, per device
 ENGINE_ROWS = {"gpu": (("paddle", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), (None, "fp32")),
@@ -82,12 +81,6 @@ def _row_name(engine, precision):
     return f"{engine or 'auto'} {precision}"
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _train_config(work, device, workers, sizes):
     from ..config import load_config
 
@@ -115,7 +108,7 @@ def _bulk_config(work, device, images):
 def _serve_options(device):
     from ..config import ServeOptions, parse_options
 
-    return parse_options(ServeOptions, {"model_dir": BUNDLED_MODEL, "device": device, "port": _free_port()}, "args")
+    return parse_options(ServeOptions, {"model_dir": BUNDLED_MODEL, "device": device, "port": free_port()}, "args")
 
 
 def plan(work, sizes, device, gpus, only=None):

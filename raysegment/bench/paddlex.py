@@ -15,7 +15,7 @@ import sys
 import time
 
 from ..data import BUNDLED_MODEL, SAMPLES
-from .common import JOBS, add_inputs, print_table, request_bodies, run_measured, sample_paths
+from .common import JOBS, add_inputs, free_port, print_table, request_bodies, run_measured, sample_paths
 from .serve import load_test
 
 
@@ -104,7 +104,6 @@ def bench_paddlex_serve(args, work):
     `paddlex --serve` (its own virtualenv, CPU default) and jobs/serve.py with its default settings,
     both asked for the label map without the overlay (visualize: false)."""
     import signal
-    import socket
     import urllib.request
 
     python, model_dir, name = paddlex_side_by_side(args)
@@ -113,9 +112,7 @@ def bench_paddlex_serve(args, work):
         f.write(PADDLEX_PIPELINE.format(name=name, model_dir=model_dir))
     samples = sample_paths()
     bodies = request_bodies(samples, visualize=False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     servers = {
         "paddlex": [os.path.join(os.path.dirname(python), "paddlex"), "--serve", "--pipeline", pipeline, "--host", "127.0.0.1",

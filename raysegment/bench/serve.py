@@ -13,6 +13,7 @@ from .common import (
     Stopwatch,
     add_inputs,
     best_seconds,
+    free_port,
     make_image_dir,
     model_folder,
     print_table,
@@ -99,14 +100,10 @@ def time_label_map_encoding(h=1024, w=2048, num_classes=19):
 
 def start_local_serve(cpus, request_timeout_s):
     """A fresh local Ray of `cpus` CPUs with Serve's proxy on a free 127.0.0.1 port; its base URL."""
-    import socket
-
     import ray
     from ray import serve
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": request_timeout_s})
     return f"http://127.0.0.1:{port}"
