@@ -111,7 +111,7 @@ def _serve_options(device):
     return parse_options(ServeOptions, {"model_dir": BUNDLED_MODEL, "device": device, "port": free_port()}, "args")
 
 
-def plan(work, sizes, device, gpus, only=None):
+def plan(work, chosen, sizes, device):
     """--dry-run: each step sized and its Ray processes placed (dry_run.py); nothing on CUDA."""
     from ..batch import plan_bulk
     from ..infer.engines.choice import engine_plan
@@ -120,7 +120,7 @@ def plan(work, sizes, device, gpus, only=None):
     from ..train.ray_train import plan as plan_training
 
     planned = []
-    for step in steps(sizes, device, gpus, only):
+    for step in chosen:
         if step.name == "engines":
             where = ("gpu", 0) if device == "gpu" else ("cpu", None)
             detail = {_row_name(engine, precision): engine_plan(where, EngineSpec(engine, precision=precision), 1)
@@ -159,10 +159,10 @@ def _engine_words(e):
     return f"{e['engine']} {e.get('mode', '')}".strip()
 
 
-def run(work, sizes, device, gpus, only=None):
-    """Every step for real; returns the figures per step."""
+def run(work, chosen, sizes, device):
+    """The chosen steps for real; returns the figures per step."""
     figures = []
-    for step in steps(sizes, device, gpus, only):
+    for step in chosen:
         print(f"{step.name}: {step.what} (budget {step.budget_s} s)", flush=True)
         started = time.perf_counter()
         try:
@@ -276,8 +276,7 @@ def main(args):
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if device == "gpu" and not gpus:
         raise ValueError("the Ray cluster has no GPUs; start its nodes with GPUs (or --num-gpus), or use --device cpu")
-    only = args.steps.split(",") if args.steps else None
-    chosen = steps(sizes, device, gpus, only)
+    chosen = steps(sizes, device, gpus, args.steps.split(",") if args.steps else None)
     if not chosen:
         raise ValueError(f"--steps {args.steps}: none of them runs here ({device}, {gpus} GPUs)")
     print(f"gpu check ({'dry run' if args.dry_run else 'run'}): device {device}, {gpus} GPUs in the Ray cluster"
@@ -285,7 +284,7 @@ def main(args):
           f"budget {sum(s.budget_s for s in chosen)} s of {TOTAL_BUDGET_S}", flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="raysegment-gpu-check-") as work:
-        rows = plan(work, sizes, device, gpus, only) if args.dry_run else run(work, sizes, device, gpus, only)
+        rows = (plan if args.dry_run else run)(work, chosen, sizes, device)
     result = {"dry_run": args.dry_run, "device": device, "gpus": gpus, "declared_gpus": declared, "sizes": sizes.__dict__,
               "steps": rows, "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),

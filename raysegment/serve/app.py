@@ -10,6 +10,7 @@ import os
 import re
 import time
 import uuid
+import weakref
 
 import orjson
 
@@ -89,7 +90,9 @@ class Segmenter:
         self.open_model = serve.multiplexed(max_num_models_per_replica=o.max_models_per_replica)(open_model)
         self.device = placement.device
         self._page = self._ui_page() if o.ui else None
-        self._engines = {}  # model ("default" or its id) -> the engine it last ran on, for the engine gauge
+        # model ("default" or its id) -> its Predictor while loaded, for the engine gauge: a model the
+        # multiplexer evicted drops out by itself
+        self._served = weakref.WeakValueDictionary()
         self.segment.set_max_batch_size(o.max_batch_size)
         self.segment.set_batch_wait_timeout_s(o.batch_wait_timeout_s)
 
@@ -112,17 +115,17 @@ class Segmenter:
                 masks[i] = mask
             model = model_id or "default"
             metrics.segmented(model, [masks[i] for i in idx], [started - items[i][3] for i in idx], time.perf_counter() - started)
-            self._engines[model] = predictor.engine.run_mode
-            metrics.engine.set(1, {"model": model, "engine": self._engines[model]})
+            self._served[model] = predictor
+            metrics.engine.set(1, {"model": model, "engine": predictor.engine.run_mode})
         return masks
 
     def check_health(self):
         """Serve calls this every health_check_period_s (10 s): the engine gauge is set again, since
         Ray drops a gauge no process has set for two export intervals, and an idle replica still
-        runs its engines."""
+        holds its models' engines."""
         engine = service_metrics().engine
-        for model, name in list(self._engines.items()):
-            engine.set(1, {"model": model, "engine": name})
+        for model, predictor in list(self._served.items()):
+            engine.set(1, {"model": model, "engine": predictor.engine.run_mode})
 
     def model_id(self, path_id=None, field=None):
         """The model a request asks for: /models/<id>/..., a "model" field, or the
